@@ -1,0 +1,78 @@
+"""Decoding encoded image bytes to H x W x 3 uint8 RGB arrays, with a short reason for every failure."""
+
+from __future__ import annotations
+
+import io
+import warnings
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+DEFAULT_MAX_PIXELS = Image.MAX_IMAGE_PIXELS or 89_478_485
+
+
+class DecodeError(Exception):
+    """An image that cannot be turned into pixels; ``str(err)`` is the short reason written to ``error``."""
+
+
+def _to_rgb(image: Image.Image) -> Image.Image:
+    """Any Pillow mode to RGB: alpha composited on white, 16-bit and float scaled to 8 bits."""
+    mode = image.mode
+    if mode == "RGB":
+        return image
+    if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+        pixels = np.asarray(image, dtype=np.float64)
+        high = 65535.0 if mode.startswith("I;16") else max(float(pixels.max()), 1.0)
+        if mode in ("I", "F") and pixels.max() <= 255:
+            high = 255.0
+        grey = np.clip(pixels / high * 255.0 + 0.5, 0, 255).astype(np.uint8)
+        return Image.fromarray(grey, mode="L").convert("RGB")
+    if mode == "P" and "transparency" in image.info:
+        image = image.convert("RGBA")
+        mode = "RGBA"
+    if mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return image.convert("RGB")
+
+
+def decode_image(data: bytes | None, max_pixels: int = DEFAULT_MAX_PIXELS, min_side: int | None = None) -> np.ndarray:
+    """Decode ``data`` to an RGB array, applying EXIF orientation.
+
+    ``min_side``: decode no smaller than this on the shorter side, letting JPEG DCT scaling skip
+    work (``Image.draft``); ``None`` decodes at full resolution.
+    """
+    if not data:
+        raise DecodeError("empty image data")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            image = Image.open(io.BytesIO(data))
+            width, height = image.size
+            if width * height > max_pixels:
+                raise DecodeError(f"too many pixels ({width}x{height} > --max-pixels {max_pixels})")
+            if min_side and image.format == "JPEG":
+                scale = min(width, height) / min_side
+                if scale >= 2:
+                    image.draft("RGB", (max(1, int(width / scale + 0.999)), max(1, int(height / scale + 0.999))))
+            image.load()
+            image = ImageOps.exif_transpose(image) or image
+            rgb = _to_rgb(image)
+            array = np.array(rgb, dtype=np.uint8)  # a writable copy: stages may normalise in place
+    except DecodeError:
+        raise
+    except UnidentifiedImageError:
+        raise DecodeError("not an image (unrecognized format)") from None
+    except Image.DecompressionBombError as exc:
+        raise DecodeError(f"too many pixels ({exc})") from None
+    except OSError as exc:
+        text = str(exc)
+        if "truncated" in text:
+            raise DecodeError("truncated image") from None
+        raise DecodeError(f"cannot decode: {text}") from None
+    except (ValueError, SyntaxError, TypeError, IndexError, MemoryError) as exc:
+        raise DecodeError(f"cannot decode: {type(exc).__name__}: {exc}") from None
+    if array.ndim != 3 or array.shape[2] != 3 or array.size == 0:
+        raise DecodeError(f"cannot decode: unexpected pixel shape {array.shape}")
+    return array

@@ -1,0 +1,35 @@
+"""What every reader yields: one :class:`Sample` per input record, in shard order."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+
+class ShardReadError(Exception):
+    """A shard that cannot be read (any further): corrupt, truncated, not the format it claims."""
+
+
+@dataclass(frozen=True)
+class ReadOptions:
+    """Reader settings from the command line."""
+
+    image_exts: tuple[str, ...] = ("jpg", "jpeg", "png", "webp")
+    image_column: str | None = None
+    id_column: str | None = None
+
+
+@dataclass
+class Sample:
+    """One input record: its identity, encoded image bytes and side data.
+
+    ``error`` is set when the record has no usable image (it is still written, with that reason).
+    """
+
+    image_id: str
+    image_path: str
+    data: bytes | None = None
+    caption: str | None = None
+    metadata: dict[str, Any] = field(default_factory=dict)
+    passthrough: dict[str, Any] = field(default_factory=dict)
+    error: str | None = None

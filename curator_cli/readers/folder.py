@@ -1,0 +1,41 @@
+"""A directory of loose image files as one shard; ``NAME.txt``/``NAME.json`` beside an image are its caption/metadata."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+from curator_cli.readers.base import ReadOptions, Sample
+from curator_cli.shards import is_image_file
+
+
+def read_folder(path: Path, options: ReadOptions) -> Iterator[Sample]:
+    """Images directly inside ``path`` in name order; ids are paths relative to the folder's parent."""
+    base = path.parent
+    for image in sorted(p for p in path.iterdir() if p.is_file() and is_image_file(p)):
+        caption = None
+        metadata: dict = {}
+        caption_file = image.with_suffix(".txt")
+        if caption_file.is_file():
+            caption = caption_file.read_text(encoding="utf-8", errors="replace").strip()
+        meta_file = image.with_suffix(".json")
+        if meta_file.is_file():
+            try:
+                parsed = json.loads(meta_file.read_text(encoding="utf-8"))
+                metadata = parsed if isinstance(parsed, dict) else {"json": parsed}
+            except (json.JSONDecodeError, UnicodeDecodeError):
+                metadata = {}
+        error = None
+        try:
+            data = image.read_bytes()
+        except OSError as exc:
+            data, error = None, f"unreadable file: {exc.strerror or exc}"
+        yield Sample(
+            image_id=image.relative_to(base).as_posix(),
+            image_path=str(image),
+            data=data,
+            caption=caption,
+            metadata=metadata,
+            error=error,
+        )

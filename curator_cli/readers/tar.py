@@ -1,0 +1,77 @@
+"""WebDataset / img2dataset tar shards: consecutive members sharing a key form one sample."""
+
+from __future__ import annotations
+
+import json
+import posixpath
+import tarfile
+from collections.abc import Iterator
+from pathlib import Path
+
+from curator_cli.readers.base import ReadOptions, Sample, ShardReadError
+
+
+def split_member_name(name: str) -> tuple[str, str]:
+    """``a/b.seg.JPG`` -> (``a/b``, ``seg.jpg``): key keeps the directory, extension is lower-case."""
+    directory, base = posixpath.split(name)
+    stem, dot, ext = base.partition(".")
+    key = posixpath.join(directory, stem) if directory else stem
+    return key, ext.lower() if dot else ""
+
+
+def iter_tar_groups(path: Path) -> Iterator[tuple[str, dict[str, bytes]]]:
+    """(key, {extension: bytes}) for each run of consecutive members with the same key, streaming."""
+    current_key: str | None = None
+    members: dict[str, bytes] = {}
+    try:
+        with tarfile.open(path, mode="r|*") as archive:
+            for info in archive:
+                if not info.isfile():
+                    continue
+                base = posixpath.basename(info.name)
+                if base.startswith("__") or base.startswith("."):
+                    continue
+                key, ext = split_member_name(info.name)
+                handle = archive.extractfile(info)
+                payload = handle.read() if handle is not None else b""
+                if key != current_key:
+                    if current_key is not None:
+                        yield current_key, members
+                    current_key, members = key, {}
+                members[ext] = payload
+    except (tarfile.TarError, EOFError, OSError, ValueError) as exc:
+        if current_key is not None:
+            yield current_key, members
+        raise ShardReadError(f"corrupt or truncated tar: {exc}") from exc
+    if current_key is not None:
+        yield current_key, members
+
+
+def _decode_text(payload: bytes) -> str:
+    return payload.decode("utf-8", errors="replace").strip()
+
+
+def read_tar(path: Path, options: ReadOptions) -> Iterator[Sample]:
+    """Samples of a tar shard: the image chosen by ``options.image_exts``, caption from .txt, metadata from .json."""
+    for key, members in iter_tar_groups(path):
+        image_ext = next((ext for ext in options.image_exts if ext in members), None)
+        metadata: dict = {}
+        error = None
+        if "json" in members:
+            try:
+                parsed = json.loads(members["json"] or b"{}")
+                metadata = parsed if isinstance(parsed, dict) else {"json": parsed}
+            except (json.JSONDecodeError, UnicodeDecodeError):
+                metadata = {"json_text": _decode_text(members["json"])}
+        caption = _decode_text(members["txt"]) if "txt" in members else None
+        if image_ext is None:
+            found = ", ".join(sorted(members)) or "none"
+            error = f"no image member (wanted {'/'.join(options.image_exts)}; found {found})"
+        yield Sample(
+            image_id=key,
+            image_path=f"{path}/{key}.{image_ext or options.image_exts[0]}",
+            data=members.get(image_ext) if image_ext else None,
+            caption=caption,
+            metadata=metadata,
+            error=error,
+        )

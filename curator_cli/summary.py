@@ -1,0 +1,74 @@
+"""The end-of-run summary: counts, throughput and where the time went; printed and written as JSON."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+
+@dataclass
+class ShardFailure:
+    shard: str
+    reason: str
+
+
+@dataclass
+class RunSummary:
+    """What a run did. ``seconds_*`` split the wall time by where it went."""
+
+    output_dir: str
+    shards_total: int = 0
+    shards_written: int = 0
+    shards_skipped: int = 0
+    shards_failed: list[ShardFailure] = field(default_factory=list)
+    images: int = 0
+    images_failed: int = 0
+    embedding_dim: int | None = None
+    seconds: float = 0.0
+    seconds_read: float = 0.0
+    seconds_decode: float = 0.0
+    seconds_wait_input: float = 0.0
+    seconds_stages: float = 0.0
+    seconds_write: float = 0.0
+    errors_by_kind: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def images_per_second(self) -> float:
+        return self.images / self.seconds if self.seconds > 0 else 0.0
+
+    def count_error(self, error: str) -> None:
+        kind = error.split(":")[0].split("(")[0].strip()
+        self.errors_by_kind[kind] = self.errors_by_kind.get(kind, 0) + 1
+
+    def to_dict(self) -> dict:
+        data = asdict(self)
+        data["images_per_second"] = round(self.images_per_second, 2)
+        data["shards_failed"] = [asdict(f) for f in self.shards_failed]
+        return data
+
+    def write_json(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+
+    def text(self) -> str:
+        """One paragraph for the terminal."""
+        parts = [
+            f"{self.shards_written} of {self.shards_total} shard(s) written",
+        ]
+        if self.shards_skipped:
+            parts.append(f"{self.shards_skipped} already done")
+        if self.shards_failed:
+            parts.append(f"{len(self.shards_failed)} failed")
+        line = ", ".join(parts) + (
+            f"; {self.images} image(s), {self.images_failed} failed, "
+            f"in {self.seconds:.1f}s ({self.images_per_second:.1f} images/s) -> {self.output_dir}"
+        )
+        if self.embedding_dim:
+            line += f"; embedding dim {self.embedding_dim}"
+        busy = {
+            "read": self.seconds_read, "decode": self.seconds_decode, "wait for input": self.seconds_wait_input,
+            "stages": self.seconds_stages, "write": self.seconds_write,
+        }
+        line += ". Time: " + ", ".join(f"{k} {v:.1f}s" for k, v in busy.items()) + "."
+        return line

@@ -1,0 +1,174 @@
+"""``curator embed`` end to end: output layout and schema, order, captions, multi-stage runs, summaries."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from conftest import ROOT, img2dataset_tar, jpeg, read_output, unit_norms, write_parquet, write_tar
+
+STAGES = textwrap.dedent('''
+    from dataclasses import dataclass
+    import numpy as np
+    from curator_cli.stages.base import ProcessingStage
+    from curator_cli.tasks import ImageBatch, ImageObject
+
+    @dataclass
+    class MeanColour(ProcessingStage[ImageBatch, ImageBatch]):
+        name: str = "mean_colour"
+        def process(self, task):
+            for obj in task.data:
+                obj.embedding = obj.image_data.reshape(-1, 3).mean(axis=0) / 255.0
+            return task
+
+    @dataclass
+    class DropOdd(ProcessingStage[ImageBatch, ImageBatch]):
+        """Keeps every other image, in new objects (as a stage that rebuilds the batch would)."""
+        name: str = "drop_odd"
+        def process(self, task):
+            kept = [ImageObject(image_id=o.image_id, image_path=o.image_path, image_data=o.image_data,
+                                metadata=o.metadata, embedding=o.embedding)
+                    for i, o in enumerate(task.data) if i % 2 == 0]
+            return ImageBatch(dataset_name=task.dataset_name, data=kept)
+
+    @dataclass
+    class Score(ProcessingStage[ImageBatch, ImageBatch]):
+        name: str = "score"
+        def outputs(self):
+            return ["data"], ["aesthetic_score"]
+        def process(self, task):
+            for obj in task.data:
+                obj.aesthetic_score = float(obj.embedding[0])
+                obj.metadata["scored"] = True
+            return task
+
+    @dataclass
+    class DropAll(ProcessingStage[ImageBatch, ImageBatch]):
+        def process(self, task):
+            return None
+''')
+
+
+@pytest.fixture
+def stages_file(tmp_path):
+    path = tmp_path / "my_stages.py"
+    path.write_text(STAGES)
+    return path
+
+
+def test_img2dataset_tar_rows_ids_captions_schema(cli, tmp_path):
+    shard = img2dataset_tar(tmp_path / "in" / "00000.tar", 7)
+    result = cli("embed", shard, "-o", tmp_path / "out", "--batch-size", "3")
+    assert result.exit_code == 0, result.output
+    table = read_output(tmp_path / "out" / "00000.parquet")
+    assert table.column("image_id").to_pylist() == [f"{i:09d}" for i in range(7)]
+    assert table.column("caption").to_pylist() == [f"caption {i:09d}" for i in range(7)]
+    assert table.column("image_path").to_pylist()[0] == f"{shard}/000000000.jpg"
+    assert set(table.column("shard").to_pylist()) == {str(shard)}
+    assert json.loads(table.column("metadata")[0].as_py())["url"] == "http://x/000000000"
+    schema = table.schema
+    assert schema.field("embedding").type == pa.list_(pa.float32(), 303)
+    for name in ("image_id", "shard", "image_path", "caption", "metadata", "error"):
+        assert schema.field(name).type == pa.string()
+    assert "aesthetic_score" not in schema.names
+    assert table.column("error").null_count == 7
+    assert np.allclose(unit_norms(table), 1.0, atol=1e-5)
+    frame = pd.read_parquet(tmp_path / "out" / "00000.parquet")  # pandas reads it too
+    assert list(frame["image_id"]) == [f"{i:09d}" for i in range(7)] and len(frame["embedding"][0]) == 303
+
+
+def test_sample_data_nested_layout_and_parquet_passthrough(cli, tmp_path):
+    out = tmp_path / "out"
+    result = cli("embed", ROOT / "sample_data", "-o", out, "--summary-json", tmp_path / "summary.json")
+    assert result.exit_code == 0, result.output
+    files = sorted(p.relative_to(out).as_posix() for p in out.rglob("*.parquet"))
+    assert files == ["parquet/part-00000.parquet", "webdataset/00000.parquet"]
+    table = read_output(out / "parquet" / "part-00000.parquet")
+    assert table.num_rows == 6
+    assert table.column("status").to_pylist()[-1] == "failed_to_download"
+    assert table.column("error").to_pylist()[-1] == "input status failed_to_download: HTTP 404"
+    assert table.column("embedding").to_pylist()[-1] is None
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert (summary["shards_total"], summary["shards_written"], summary["images"], summary["images_failed"]) == (2, 2, 14, 1)
+    assert summary["embedding_dim"] == 303 and summary["images_per_second"] > 0
+    assert "2 of 2 shard(s) written; 14 image(s), 1 failed" in result.output
+
+
+def test_multi_stage_filter_scores_and_float16(cli, tmp_path, stages_file):
+    shard = img2dataset_tar(tmp_path / "s.tar", 5)
+    result = cli("embed", shard, "-o", tmp_path / "out", "--embedding-dtype", "float16",
+                 "--stage", f"{stages_file}:MeanColour", "--stage", f"{stages_file}:DropOdd",
+                 "--stage", f"{stages_file}:Score")
+    assert result.exit_code == 0, result.output
+    table = read_output(tmp_path / "out" / "s.parquet")
+    assert table.schema.field("embedding").type == pa.list_(pa.float16(), 3)
+    assert table.column("image_id").to_pylist() == [f"{i:09d}" for i in range(5)]
+    assert table.column("error").to_pylist() == [None, "filtered by drop_odd", None, "filtered by drop_odd", None]
+    scores = table.column("aesthetic_score").to_pylist()
+    assert scores[1] is None and scores[0] == pytest.approx(table.column("embedding")[0].as_py()[0], abs=1e-2)
+    assert json.loads(table.column("metadata")[0].as_py())["scored"] is True
+
+
+def test_stage_that_filters_everything(cli, tmp_path, stages_file):
+    shard = img2dataset_tar(tmp_path / "s.tar", 3)
+    result = cli("embed", shard, "-o", tmp_path / "out", "--stage", f"{stages_file}:DropAll")
+    assert result.exit_code == 0, result.output
+    table = read_output(tmp_path / "out" / "s.parquet")
+    assert table.column("error").to_pylist() == ["filtered by DropAll"] * 3
+
+
+def test_parquet_with_hf_struct_column(cli, tmp_path):
+    schema = pa.schema([("image", pa.struct([("bytes", pa.binary()), ("path", pa.string())])), ("label", pa.int64())])
+    write_parquet(tmp_path / "in" / "train-0.parquet",
+                  [{"image": {"bytes": jpeg(i), "path": f"{i}.jpg"}, "label": i} for i in range(4)], schema)
+    result = cli("embed", tmp_path / "in", "-o", tmp_path / "out")
+    assert result.exit_code == 0, result.output
+    table = read_output(tmp_path / "out" / "train-0.parquet")
+    assert table.column("label").to_pylist() == [0, 1, 2, 3]
+    assert table.column("image_id").to_pylist() == ["0", "1", "2", "3"]
+    assert "image" not in table.column_names  # image bytes are never written
+
+
+def test_device_cuda_without_cuda_is_a_usage_error(cli, tmp_path):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    result = cli("embed", img2dataset_tar(tmp_path / "s.tar", 1), "-o", tmp_path / "out", "--device", "cuda")
+    assert result.exit_code == 2 and "CUDA is not available" in result.output
+
+
+def test_no_shards_is_a_usage_error(cli, tmp_path):
+    (tmp_path / "empty").mkdir()
+    result = cli("embed", tmp_path / "empty", "-o", tmp_path / "out")
+    assert result.exit_code == 2 and "no shards found" in result.output
+
+
+def test_inspect_and_show(cli, tmp_path):
+    inspected = cli("inspect", ROOT / "sample_data")
+    assert inspected.exit_code == 0
+    assert "00000.tar  [tar]  8 sample(s)" in inspected.output and "first: 000000000, 000000001" in inspected.output
+    assert "part-00000.parquet  [parquet]  6 sample(s)" in inspected.output
+    assert "2 shard(s), 14 sample(s)" in inspected.output
+    cli("embed", ROOT / "sample_data", "-o", tmp_path / "out")
+    shown = cli("show", tmp_path / "out")
+    assert shown.exit_code == 0
+    assert "2 file(s), 14 row(s)" in shown.output and "embedding dimension: 303" in shown.output
+    assert "null embeddings: 1" in shown.output and "input status failed_to_download (1)" in shown.output
+
+
+def test_console_script_quiet_prints_nothing(tmp_path):
+    shard = img2dataset_tar(tmp_path / "s.tar", 2)
+    curator = [sys.executable, "-m", "curator_cli.cli"]
+    done = subprocess.run([*curator, "embed", str(shard), "-o", str(tmp_path / "out"), "--quiet"],
+                          capture_output=True, text=True)
+    assert done.returncode == 0 and done.stdout == "" and done.stderr == ""
+    assert pq.read_metadata(tmp_path / "out" / "s.parquet").num_rows == 2
