@@ -1,72 +1,187 @@
-"""Reading and decoding one shard into batches ready for the stages (the part that runs in decode workers)."""
+"""The feeder: reads shards in a background thread, sends their images to the decoders, and hands
+the runner an ordered stream of events (shard opened, batch ready, shard finished).
+
+At most ``prefetch`` batches wait in the queue, so memory is bounded whatever the dataset size,
+and decoding of the next batches overlaps the stages working on the current one.
+"""
 
 from __future__ import annotations
 
+import queue
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
+import pyarrow as pa
 
-from curator_cli.decode import DEFAULT_MAX_PIXELS, DecodeError, decode_image
-from curator_cli.readers import ReadOptions, Sample, open_shard
+from curator_cli.decode_pool import DecodeJob
+from curator_cli.readers import ReadOptions, Sample, ShardReadError, open_shard
 from curator_cli.shards import Shard
-
-
-@dataclass(frozen=True)
-class DecodeOptions:
-    """How to decode: pixel limit and the smallest shorter side the stages need (None: full size)."""
-
-    max_pixels: int = DEFAULT_MAX_PIXELS
-    min_side: int | None = None
 
 
 @dataclass
 class DecodedBatch:
-    """Up to ``--batch-size`` consecutive samples of one shard; ``images[i]`` is None when ``samples[i].error`` is set."""
+    """Consecutive samples of one shard; ``images[i]`` is None when ``samples[i].error`` is set."""
 
     samples: list[Sample]
     images: list[np.ndarray | None]
-    read_seconds: float = 0.0
     decode_seconds: float = 0.0
-    passthrough_fields: list = field(default_factory=list)
 
 
-def iter_decoded_batches(
-    shard: Shard, read_options: ReadOptions, decode_options: DecodeOptions, batch_size: int
-) -> Iterator[DecodedBatch]:
-    """Stream ``shard`` as decoded batches, in input order; a read fault raises after the rows before it."""
-    opened = open_shard(shard, read_options)
-    samples_iter = iter(opened)
-    samples: list[Sample] = []
-    images: list[np.ndarray | None] = []
-    read_s = decode_s = 0.0
-    yielded = False
-    while True:
+@dataclass
+class ShardOpened:
+    shard: Shard
+    passthrough_fields: list[pa.Field]
+
+
+@dataclass
+class BatchReady:
+    """A batch whose images are being decoded; :meth:`resolve` waits for them."""
+
+    shard: Shard
+    index: int
+    samples: list[Sample]
+    jobs: list[tuple[list[int], DecodeJob]] = field(default_factory=list)
+
+    def resolve(self) -> DecodedBatch:
+        images: list[np.ndarray | None] = [None] * len(self.samples)
+        seconds = 0.0
+        for positions, job in self.jobs:
+            for position, result in zip(positions, job.wait()):
+                if isinstance(result, str):
+                    self.samples[position].error = result
+                else:
+                    images[position] = result
+            seconds += job.decode_seconds
+        return DecodedBatch(self.samples, images, seconds)
+
+
+@dataclass
+class ShardFinished:
+    """End of a shard: ``error`` is set when it could not be read to the end."""
+
+    shard: Shard
+    samples: int
+    read_seconds: float
+    error: str | None = None
+
+
+@dataclass
+class FeederCrashed:
+    error: BaseException
+
+
+class Feeder:
+    """Streams every shard as events, in order, from a background thread."""
+
+    def __init__(self, shards: list[Shard], read_options: ReadOptions, decoder: Any, batch_size: int,
+                 chunk_size: int, prefetch: int = 2) -> None:
+        self.shards = shards
+        self.read_options = read_options
+        self.decoder = decoder
+        self.batch_size = batch_size
+        self.chunk_size = max(1, chunk_size)
+        self._events: queue.Queue = queue.Queue(maxsize=max(1, prefetch))
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="curator-feeder", daemon=True)
+
+    def __iter__(self) -> Iterator[Any]:
+        self._thread.start()
+        while True:
+            event = self._events.get()
+            if event is None:
+                return
+            yield event
+
+    def stop(self) -> None:
+        """Ask the feeder to stop early (the runner is aborting)."""
+        self._stop.set()
+        try:
+            while True:
+                self._events.get_nowait()
+        except queue.Empty:
+            pass
+        self._thread.join(timeout=10)
+
+    def _put(self, event: Any) -> None:
+        while not self._stop.is_set():
+            try:
+                self._events.put(event, timeout=0.2)
+                return
+            except queue.Full:
+                continue
+        raise _Stopped
+
+    def _run(self) -> None:
+        try:
+            for shard in self.shards:
+                self._feed_shard(shard)
+            self._put(None)
+        except _Stopped:
+            return
+        except BaseException as exc:  # a bug: the runner re-raises it with its traceback
+            try:
+                self._put(FeederCrashed(exc))
+                self._put(None)
+            except _Stopped:
+                return
+
+    def _submit(self, batch: BatchReady, chunk: list[int]) -> None:
+        payloads = [batch.samples[i].data for i in chunk]
+        batch.jobs.append((chunk, self.decoder.submit(payloads)))
+        for i in chunk:
+            batch.samples[i].data = None  # the decoder has the bytes now
+
+    def _feed_shard(self, shard: Shard) -> None:
+        read_seconds = 0.0
+        count = 0
+        error: str | None = None
+        batch_index = 0
         t0 = time.perf_counter()
         try:
-            sample = next(samples_iter, None)
-        except BaseException:
-            if samples:
-                yield DecodedBatch(samples, images, read_s, decode_s, opened.passthrough_fields)
-            raise
-        t1 = time.perf_counter()
-        read_s += t1 - t0
-        if sample is None:
-            break
-        image = None
-        if sample.error is None:
+            opened = open_shard(shard, self.read_options)
+        except ShardReadError as exc:
+            self._put(ShardFinished(shard, 0, time.perf_counter() - t0, str(exc)))
+            return
+        self._put(ShardOpened(shard, opened.passthrough_fields))
+        batch = BatchReady(shard, batch_index, [])
+        chunk: list[int] = []
+        samples = iter(opened)
+        while True:
+            t0 = time.perf_counter()
             try:
-                image = decode_image(sample.data, decode_options.max_pixels, decode_options.min_side)
-            except DecodeError as exc:
-                sample.error = str(exc)
-        sample.data = None  # the encoded bytes are not needed past this point
-        decode_s += time.perf_counter() - t1
-        samples.append(sample)
-        images.append(image)
-        if len(samples) >= batch_size:
-            yield DecodedBatch(samples, images, read_s, decode_s, opened.passthrough_fields)
-            samples, images, read_s, decode_s = [], [], 0.0, 0.0
-            yielded = True
-    if samples or not yielded:  # an empty shard still yields one (empty) batch
-        yield DecodedBatch(samples, images, read_s, decode_s, opened.passthrough_fields)
+                sample = next(samples, None)
+            except ShardReadError as exc:
+                error = str(exc)
+                sample = None
+            read_seconds += time.perf_counter() - t0
+            if sample is None:
+                break
+            count += 1
+            batch.samples.append(sample)
+            if sample.error is None:
+                chunk.append(len(batch.samples) - 1)
+                if len(chunk) >= self.chunk_size:
+                    self._submit(batch, chunk)
+                    chunk = []
+            else:
+                sample.data = None
+            if len(batch.samples) >= self.batch_size:
+                if chunk:
+                    self._submit(batch, chunk)
+                    chunk = []
+                self._put(batch)
+                batch_index += 1
+                batch = BatchReady(shard, batch_index, [])
+        if chunk:
+            self._submit(batch, chunk)
+        if batch.samples:
+            self._put(batch)
+        self._put(ShardFinished(shard, count, read_seconds, error))
+
+
+class _Stopped(Exception):
+    pass

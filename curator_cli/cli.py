@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
+import signal
 import sys
 from pathlib import Path
 
 import click
 
 from curator_cli import __version__
+from curator_cli.pipeline import PRECISIONS
 
 DEFAULT_STAGE = "perceptual"
-EXIT_OK, EXIT_SHARDS_FAILED, EXIT_USAGE = 0, 1, 2
+EXIT_OK, EXIT_SHARDS_FAILED, EXIT_USAGE, EXIT_SIGINT, EXIT_SIGTERM = 0, 1, 2, 130, 143
 
 
 class UsageError(click.ClickException):
@@ -68,76 +72,137 @@ def _setup_logging(log_file: Path | None, quiet: bool) -> None:
 @click.option("--image-column", default=None, help="Parquet column with the image bytes (default: detected).")
 @click.option("--id-column", default=None,
               help="Parquet column with the sample id (default: key, image_id, id or uid, else the row number).")
+@click.option("--num-workers", type=click.IntRange(min=0), default=None,
+              help="Decode worker processes (default: the CPU count; 0 decodes in the main process).")
+@click.option("--decode", "decode_mode", type=click.Choice(["cpu", "gpu"]), default="cpu", show_default=True,
+              help="gpu: batched nvJPEG decode on the CUDA device (non-JPEGs fall back to the CPU).")
+@click.option("--decode-size", default=None, metavar="N|full",
+              help="Decode images no smaller than N on the shorter side (default: what the stages "
+                   "declare), or 'full' for full resolution.")
+@click.option("--decode-timeout", type=click.FloatRange(min=0.1), default=60.0, show_default=True,
+              help="Seconds one image may take to decode before it is given up as an error.")
+@click.option("--precision", type=click.Choice(PRECISIONS), default=None,
+              help="Autocast precision for stages that opt in (default: bf16 on CUDA and on CPUs "
+                   "with native bf16, else fp32).")
 @click.option("--embedding-dtype", type=click.Choice(["float32", "float16"]), default="float32", show_default=True)
 @click.option("--max-pixels", type=click.IntRange(min=1), default=None,
               help="Images with more pixels are not decoded (default: Pillow's limit, about 89 million).")
 @click.option("--on-error", type=click.Choice(["continue", "fail"]), default="continue", show_default=True,
               help="On a failing shard: go on with the others, or stop.")
+@click.option("--overwrite", is_flag=True,
+              help="Redo every shard, even those a previous run finished.")
 @click.option("--summary-json", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Also write the end-of-run summary as JSON here.")
 @click.option("--log-file", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Write details (stage tracebacks) to this file.")
 @click.option("-q", "--quiet", is_flag=True, help="Print nothing but errors.")
 def embed(inputs, output, stage_specs, stage_args, batch_size, device, image_ext, image_column, id_column,
-          embedding_dtype, max_pixels, on_error, summary_json, log_file, quiet) -> None:
+          num_workers, decode_mode, decode_size, decode_timeout, precision, embedding_dtype, max_pixels,
+          on_error, overwrite, summary_json, log_file, quiet) -> None:
     """Compute embeddings for every image in INPUT... and write one parquet file per shard.
 
     INPUT is any mix of .tar shards, .parquet files, directories (searched recursively; a
     directory of loose images is one shard), globs and brace ranges like
     'shards/{00000..00099}.tar'. Output files mirror the inputs' layout under --output.
 
-    Exit status: 0 all shards written, 1 some shards failed, 2 usage error.
+    Rerunning the same command finishes what is missing: shards whose output and manifest
+    match are skipped. `_SUCCESS` is written in --output when every shard is done.
+
+    Exit status: 0 all shards written, 1 some shards failed, 2 usage error,
+    130/143 interrupted (Ctrl-C / SIGTERM).
 
     \b
     Examples:
       curator embed sample_data/ -o out/
       curator embed shards/ -o out/ --stage plugins/custom_embedding.py:MyCustomEmbeddingStage \\
           --stage-arg model_path=model.pt --batch-size 128 --device cuda
-      curator embed a.tar -o out/ --stage perceptual --stage torchvision \\
-          --stage-arg 1.model=resnet50 --summary-json out/summary.json
+      curator embed 'shards/{00000..00099}.tar' -o out/ --summary-json out/_summary.json -q
     """
-    from curator_cli.batching import DecodeOptions
-    from curator_cli.decode import DEFAULT_MAX_PIXELS
     from curator_cli.devices import DeviceError, resolve_device, set_active_device
+    from curator_cli.lock import LockedError, OutputLock
+    from curator_cli.pipeline import default_precision
     from curator_cli.readers import ReadOptions
-    from curator_cli.runner import EmbedOptions, StageSetupError, run_local
+    from curator_cli.runner import ConfigMismatchError, EmbedOptions, StageSetupError, run_local
     from curator_cli.shards import ShardError, find_shards, output_paths
     from curator_cli.stage_loader import StageSpecError, load_stages
 
     _setup_logging(log_file, quiet)
+    if decode_size is not None and decode_size != "full" and not (decode_size.isdigit() and int(decode_size) > 0):
+        raise UsageError(f"--decode-size must be a positive number or 'full', not {decode_size!r}")
+    exts = tuple(e.strip().lower().lstrip(".") for e in image_ext.replace(",", ";").split(";") if e.strip())
+    if not exts:
+        raise UsageError("--image-ext names no extension")
     try:
         stages = load_stages(list(stage_specs) or [DEFAULT_STAGE], list(stage_args))
         chosen_device = resolve_device(device)
+        if decode_mode == "gpu" and not chosen_device.startswith("cuda"):
+            raise DeviceError("--decode gpu needs a CUDA device, and this run uses the CPU "
+                              "(no CUDA here, or --device cpu); use --decode cpu")
         shards = find_shards(list(inputs), exclude=output)
         if not shards:
             raise UsageError(f"no shards found in {' '.join(inputs)} (looked for .tar, .parquet and image folders)")
         output_paths(shards, output)  # checks for collisions before any work
     except (StageSpecError, DeviceError, ShardError) as exc:
         raise UsageError(str(exc)) from None
-    exts = tuple(e.strip().lower().lstrip(".") for e in image_ext.replace(",", ";").split(";") if e.strip())
-    if not exts:
-        raise UsageError("--image-ext names no extension")
     set_active_device(chosen_device)
     options = EmbedOptions(
         output_dir=output,
         batch_size=batch_size,
         device=chosen_device,
         read=ReadOptions(image_exts=exts, image_column=image_column, id_column=id_column),
-        decode=DecodeOptions(max_pixels=max_pixels or DEFAULT_MAX_PIXELS, min_side=None),
+        max_pixels=max_pixels,
+        decode_size=decode_size,
+        decode=decode_mode,
+        num_workers=(os.cpu_count() or 1) if num_workers is None else num_workers,
+        decode_timeout=decode_timeout,
+        precision=precision or default_precision(chosen_device),
         embedding_dtype=embedding_dtype,
         on_error=on_error,
+        overwrite=overwrite,
         progress=not quiet and sys.stderr.isatty(),
     )
+    lock = OutputLock(output)
     try:
-        summary = run_local(shards, stages, options)
+        with _signals_as_exit(), lock:
+            summary = run_local(shards, stages, options)
+    except LockedError as exc:
+        raise click.ClickException(str(exc)) from None
+    except ConfigMismatchError as exc:
+        raise UsageError(str(exc)) from None
     except StageSetupError as exc:
         raise click.ClickException(str(exc)) from None
+    except KeyboardInterrupt:
+        click.echo("curator: interrupted; finished shards are kept, rerun the same command to resume", err=True)
+        sys.exit(EXIT_SIGINT)
+    except _Terminated:
+        click.echo("curator: terminated; finished shards are kept, rerun the same command to resume", err=True)
+        sys.exit(EXIT_SIGTERM)
     if summary_json:
         summary.write_json(summary_json)
     if not quiet:
         click.echo(summary.text(), err=True)
     if summary.shards_failed:
         sys.exit(EXIT_SHARDS_FAILED)
+
+
+class _Terminated(BaseException):
+    """SIGTERM, raised in the main thread so that cleanup runs as for Ctrl-C."""
+
+
+@contextlib.contextmanager
+def _signals_as_exit():
+    def on_term(signum, frame):
+        raise _Terminated()
+
+    try:
+        previous = signal.signal(signal.SIGTERM, on_term)
+    except ValueError:  # not the main thread (e.g. embedded use): leave signals alone
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 @main.command()

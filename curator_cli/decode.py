@@ -4,11 +4,22 @@ from __future__ import annotations
 
 import io
 import warnings
+from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 DEFAULT_MAX_PIXELS = Image.MAX_IMAGE_PIXELS or 89_478_485
+
+
+@dataclass(frozen=True)
+class DecodeOptions:
+    """How to decode: pixel limit, the smallest shorter side the stages need (None: full size),
+    and whether to return exact ``min_side`` squares (the tensor fast path)."""
+
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    min_side: int | None = None
+    crop: bool = False
 
 
 class DecodeError(Exception):
@@ -37,11 +48,28 @@ def _to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
-def decode_image(data: bytes | None, max_pixels: int = DEFAULT_MAX_PIXELS, min_side: int | None = None) -> np.ndarray:
+def square_crop(image: Image.Image, size: int) -> Image.Image:
+    """Resize the shorter side to ``size`` (antialiased) and cut the centre ``size`` x ``size`` square."""
+    width, height = image.size
+    scale = size / min(width, height)
+    new_w, new_h = max(size, round(width * scale)), max(size, round(height * scale))
+    if (new_w, new_h) != (width, height):
+        image = image.resize((new_w, new_h), Image.Resampling.BILINEAR, reducing_gap=2.0)
+    left, top = (new_w - size) // 2, (new_h - size) // 2
+    return image.crop((left, top, left + size, top + size))
+
+
+def decode_image(
+    data: bytes | None,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    min_side: int | None = None,
+    crop: bool = False,
+) -> np.ndarray:
     """Decode ``data`` to an RGB array, applying EXIF orientation.
 
     ``min_side``: decode no smaller than this on the shorter side, letting JPEG DCT scaling skip
-    work (``Image.draft``); ``None`` decodes at full resolution.
+    work (``Image.draft``); ``None`` decodes at full resolution. ``crop`` (with ``min_side``):
+    return exactly ``min_side`` x ``min_side``, resized and centre-cropped, for the tensor fast path.
     """
     if not data:
         raise DecodeError("empty image data")
@@ -59,6 +87,8 @@ def decode_image(data: bytes | None, max_pixels: int = DEFAULT_MAX_PIXELS, min_s
             image.load()
             image = ImageOps.exif_transpose(image) or image
             rgb = _to_rgb(image)
+            if crop and min_side:
+                rgb = square_crop(rgb, min_side)
             array = np.array(rgb, dtype=np.uint8)  # a writable copy: stages may normalise in place
     except DecodeError:
         raise
@@ -76,3 +106,8 @@ def decode_image(data: bytes | None, max_pixels: int = DEFAULT_MAX_PIXELS, min_s
     if array.ndim != 3 or array.shape[2] != 3 or array.size == 0:
         raise DecodeError(f"cannot decode: unexpected pixel shape {array.shape}")
     return array
+
+
+def decode_with(data: bytes | None, options: DecodeOptions) -> np.ndarray:
+    """:func:`decode_image` with the run's :class:`DecodeOptions`."""
+    return decode_image(data, options.max_pixels, options.min_side, options.crop)

@@ -1,15 +1,26 @@
-"""Running the stages over one decoded batch and turning the result into output rows, in input order."""
+"""Running the stages over one decoded batch and turning the result into output rows, in input order.
+
+Also where a stage's optional capabilities are honoured: ``decode_size`` (decode no larger than
+needed), ``process_tensors`` (one uint8 tensor batch instead of a list of arrays), ``use_autocast``
+(mixed precision), and CUDA out-of-memory back-off (halve the batch and retry).
+"""
 
 from __future__ import annotations
 
+import contextlib
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from PIL import Image
 
 from curator_cli.batching import DecodedBatch
+from curator_cli.decode import square_crop
 from curator_cli.stages.base import ProcessingStage
 from curator_cli.tasks import ImageBatch, ImageObject
 from curator_cli.writer import OutputLayout, OutputRow
+
+PRECISIONS = ("fp32", "bf16", "fp16")
 
 
 class StageFailure(Exception):
@@ -21,16 +32,108 @@ class StageFailure(Exception):
         self.error = error
 
 
-def to_vector(value: Any) -> np.ndarray:
-    """A stage's embedding (numpy array, torch tensor or sequence) as a 1-D float32 numpy array."""
-    if hasattr(value, "detach"):  # torch.Tensor, on any device and dtype
-        value = value.detach().float().cpu().numpy()
-    return np.asarray(value, dtype=np.float32).reshape(-1)
+@dataclass
+class StageContext:
+    """Run-wide settings the stages run under; ``max_images`` shrinks after a CUDA out-of-memory error."""
+
+    device: str = "cpu"
+    precision: str = "fp32"
+    max_images: int | None = None
 
 
-def _survivors(
-    tasks: list[ImageBatch], alive: dict[int, ImageObject]
-) -> dict[int, ImageObject]:
+# --------------------------------------------------------------------------- decode size
+
+
+def uses_tensors(stage: ProcessingStage) -> bool:
+    """True when the stage takes the tensor fast path (defines ``process_tensors``)."""
+    return callable(getattr(stage, "process_tensors", None))
+
+
+def decode_request(stages: list[ProcessingStage], override: str | None = None) -> tuple[int | None, bool]:
+    """(smallest shorter side to decode, None for full size; whether decoders may return exact squares).
+
+    A stage's ``decode_size``: a positive int is the shorter side it needs, 0 means it does not
+    look at pixels, and no attribute (or None) means it needs full-size images, as in NeMo Curator.
+    ``override`` is ``--decode-size``: ``"full"``, a number, or None to follow the stages.
+    """
+    pixel_stages = [s for s in stages if getattr(s, "decode_size", None) != 0]
+    sizes = [getattr(s, "decode_size", None) for s in pixel_stages]
+    if override == "full":
+        return None, False
+    if override:
+        min_side = int(override)
+    elif not stages:
+        return None, False
+    elif not pixel_stages:
+        min_side = 1  # nobody looks at pixels: decode as small as the decoder can, just to validate
+    elif any(size is None for size in sizes):
+        return None, False
+    else:
+        min_side = max(int(size) for size in sizes)
+    crop = bool(pixel_stages) and all(uses_tensors(s) and s.decode_size == min_side for s in pixel_stages)
+    return min_side, crop
+
+
+def pixel_tensor(images: list[np.ndarray], size: int, device: str):
+    """N x 3 x size x size uint8 tensor (pinned when bound for CUDA) from H x W x 3 arrays."""
+    import torch
+
+    if images and isinstance(images[0], torch.Tensor):  # already squares on the GPU (--decode gpu)
+        return torch.stack(images).permute(0, 3, 1, 2)
+    squares = [
+        image if image.shape[:2] == (size, size) else np.asarray(square_crop(Image.fromarray(image), size))
+        for image in images
+    ]
+    batch = torch.from_numpy(np.stack(squares)).permute(0, 3, 1, 2)
+    if device.startswith("cuda"):
+        batch = batch.pin_memory()
+    return batch
+
+
+def default_precision(device: str) -> str:
+    """bf16 on CUDA; on the CPU bf16 only where it has native bf16 instructions, else fp32."""
+    if device.startswith("cuda"):
+        return "bf16"
+    try:
+        with open("/proc/cpuinfo") as handle:
+            flags = handle.read()
+        return "bf16" if ("avx512_bf16" in flags or "amx_bf16" in flags) else "fp32"
+    except OSError:
+        return "fp32"
+
+
+# --------------------------------------------------------------------------- running
+
+
+def _autocast(stage: ProcessingStage, context: StageContext):
+    if context.precision == "fp32" or not getattr(stage, "use_autocast", False):
+        return contextlib.nullcontext()
+    import torch
+
+    dtype = torch.bfloat16 if context.precision == "bf16" else torch.float16
+    return torch.autocast(device_type="cuda" if context.device.startswith("cuda") else "cpu", dtype=dtype)
+
+
+def _call_stage(stage: ProcessingStage, tasks: list[ImageBatch], context: StageContext) -> list[ImageBatch]:
+    with _autocast(stage, context):
+        if not uses_tensors(stage):
+            return stage.process_batch(tasks)
+        results: list[ImageBatch] = []
+        size = int(getattr(stage, "decode_size", None) or 224)
+        for task in tasks:
+            missing = stage.missing_inputs(task)
+            if missing:
+                raise ValueError(f"stage {stage.name!r} needs {', '.join(missing)} on its input task")
+            pixels = pixel_tensor([obj.image_data for obj in task.data], size, context.device)
+            result = stage.process_tensors(pixels, task)
+            if isinstance(result, list):
+                results.extend(result)
+            elif result is not None:
+                results.append(result)
+        return results
+
+
+def _survivors(tasks: list[ImageBatch], alive: dict[int, ImageObject]) -> dict[int, ImageObject]:
     """Map the objects in the stage's output back to input rows: by identity, else by ``image_id``."""
     row_of = {id(obj): row for row, obj in alive.items()}
     rows_by_id: dict[str, list[int]] = {}
@@ -49,14 +152,84 @@ def _survivors(
     return result
 
 
+def _is_out_of_memory(error: BaseException) -> bool:
+    import torch
+
+    return isinstance(error, torch.OutOfMemoryError) or (
+        isinstance(error, RuntimeError) and "out of memory" in str(error).lower()
+    )
+
+
+def _chain(stages: list[ProcessingStage], objects: dict[int, ImageObject], dataset: str, task_id: str,
+           context: StageContext) -> tuple[dict[int, ImageObject], dict[int, str]]:
+    """Every stage in order over one ImageBatch of ``objects``: (survivors by row, filtered rows' reasons)."""
+    batch = ImageBatch(dataset_name=dataset, data=list(objects.values()))
+    batch.task_id = task_id
+    tasks, alive, filtered = [batch], objects, {}
+    for stage in stages:
+        try:
+            tasks = _call_stage(stage, tasks, context) if tasks else []
+        except Exception as exc:
+            if _is_out_of_memory(exc):
+                raise
+            raise StageFailure(stage.name, exc) from exc
+        after = _survivors(tasks, alive)
+        for row in alive.keys() - after.keys():
+            filtered[row] = f"filtered by {stage.name}"
+        alive = after
+    return alive, filtered
+
+
+def _chain_with_backoff(stages: list[ProcessingStage], objects: dict[int, ImageObject], dataset: str,
+                        task_id: str, context: StageContext) -> tuple[dict[int, ImageObject], dict[int, str]]:
+    """:func:`_chain`, splitting the batch in halves on CUDA out-of-memory, down to one image."""
+    rows = list(objects)
+    limit = context.max_images
+    if limit and len(rows) > limit:
+        alive: dict[int, ImageObject] = {}
+        filtered: dict[int, str] = {}
+        for start in range(0, len(rows), limit):
+            part = {r: objects[r] for r in rows[start:start + limit]}
+            a, f = _chain_with_backoff(stages, part, dataset, f"{task_id}.{start // limit}", context)
+            alive.update(a)
+            filtered.update(f)
+        return alive, filtered
+    try:
+        return _chain(stages, objects, dataset, task_id, context)
+    except Exception as exc:
+        if not _is_out_of_memory(exc):
+            raise
+        if len(rows) <= 1:
+            raise StageFailure("(out of memory)", exc) from exc
+        _release_cuda_memory()
+        context.max_images = max(1, len(rows) // 2)
+        return _chain_with_backoff(stages, objects, dataset, task_id, context)
+
+
+def _release_cuda_memory() -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def to_vector(value: Any) -> np.ndarray:
+    """A stage's embedding (numpy array, torch tensor or sequence) as a 1-D float32 numpy array."""
+    if hasattr(value, "detach"):  # torch.Tensor, on any device and dtype
+        value = value.detach().float().cpu().numpy()
+    return np.asarray(value, dtype=np.float32).reshape(-1)
+
+
 def run_stages(
     stages: list[ProcessingStage],
     decoded: DecodedBatch,
     shard_name: str,
     task_id: str,
     layout: OutputLayout,
+    context: StageContext | None = None,
 ) -> list[OutputRow]:
     """Pass the decodable images through every stage; one output row per input sample, in order."""
+    context = context or StageContext()
     objects = {
         i: ImageObject(
             image_path=sample.image_path,
@@ -69,20 +242,7 @@ def run_stages(
     }
     filtered: dict[int, str] = {}
     if objects:
-        batch = ImageBatch(dataset_name=shard_name, data=list(objects.values()))
-        batch.task_id = task_id
-        tasks: list[ImageBatch] = [batch]
-        alive = objects
-        for stage in stages:
-            try:
-                tasks = stage.process_batch(tasks) if tasks else []
-            except Exception as exc:
-                raise StageFailure(stage.name, exc) from exc
-            after = _survivors(tasks, alive)
-            for row in alive.keys() - after.keys():
-                filtered[row] = f"filtered by {stage.name}"
-            alive = after
-        objects = alive
+        objects, filtered = _chain_with_backoff(stages, objects, shard_name, task_id, context)
 
     rows: list[OutputRow] = []
     for i, sample in enumerate(decoded.samples):

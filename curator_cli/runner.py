@@ -1,27 +1,39 @@
-"""The local executor: every shard through read -> decode -> batch -> stages -> write, one after another."""
+"""The local executor: shards flow through read -> decode -> batch -> stages -> write, overlapped.
+
+Reading runs in a feeder thread, decoding in worker processes, the stages in this thread, and
+writing in a writer thread; a bounded number of batches is in flight at any time.
+"""
 
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from curator_cli.batching import DecodeOptions, iter_decoded_batches
-from curator_cli.pipeline import StageFailure, run_stages
-from curator_cli.readers import ReadOptions, ShardReadError
+from curator_cli.batching import BatchReady, Feeder, FeederCrashed, ShardFinished, ShardOpened
+from curator_cli.decode import DecodeOptions
+from curator_cli.decode_pool import DecodePool, InlineDecoder
+from curator_cli.manifest import SUCCESS_FILE, Manifest, input_identity, manifest_path, stage_identity, write_success
+from curator_cli.pipeline import StageContext, StageFailure, decode_request, run_stages
+from curator_cli.readers import ReadOptions
 from curator_cli.shards import Shard, output_paths
 from curator_cli.stages.base import ProcessingStage
 from curator_cli.summary import RunSummary, ShardFailure
 from curator_cli.workers import NodeInfo, WorkerMetadata
-from curator_cli.writer import SCORE_COLUMNS, OutputLayout, ShardWriter
+from curator_cli.writer import SCORE_COLUMNS, BackgroundWriter, OutputLayout
 
 log = logging.getLogger("curator")
 
 
 class StageSetupError(Exception):
     """A stage's ``setup`` raised: the run cannot start."""
+
+
+class ConfigMismatchError(Exception):
+    """Existing outputs were made with other stages or arguments, and ``--overwrite`` was not given."""
 
 
 @dataclass
@@ -32,15 +44,20 @@ class EmbedOptions:
     batch_size: int = 256
     device: str = "cpu"
     read: ReadOptions = field(default_factory=ReadOptions)
-    decode: DecodeOptions = field(default_factory=DecodeOptions)
+    max_pixels: int | None = None
+    decode_size: str | None = None  # --decode-size: None (stages decide), "full" or a number
+    decode: str = "cpu"  # or "gpu"
+    num_workers: int = field(default_factory=lambda: os.cpu_count() or 1)
+    decode_timeout: float = 60.0
+    precision: str = "fp32"
     embedding_dtype: str = "float32"
     on_error: str = "continue"  # or "fail": stop at the first failing shard
+    overwrite: bool = False
     progress: bool = False
 
 
-def setup_stages(stages: list[ProcessingStage], device: str) -> WorkerMetadata:
+def setup_stages(stages: list[ProcessingStage], worker: WorkerMetadata) -> None:
     """Call ``setup_on_node`` then ``setup`` on every stage, once for the run."""
-    worker = WorkerMetadata(worker_id="local-0", device=device)
     for stage in stages:
         try:
             stage.setup_on_node(NodeInfo(), worker)
@@ -48,7 +65,6 @@ def setup_stages(stages: list[ProcessingStage], device: str) -> WorkerMetadata:
         except Exception as exc:
             log.exception("setup of stage %s failed", stage.name)
             raise StageSetupError(f"setup of stage {stage.name!r} failed: {type(exc).__name__}: {exc}") from exc
-    return worker
 
 
 def teardown_stages(stages: list[ProcessingStage]) -> None:
@@ -66,6 +82,65 @@ def declared_scores(stages: list[ProcessingStage]) -> frozenset[str]:
     return frozenset(names & set(SCORE_COLUMNS))
 
 
+def run_config(stages: list[ProcessingStage], options: EmbedOptions, decode: DecodeOptions) -> dict:
+    """What determines the output's content: a rerun with a different config must not mix outputs."""
+    return {
+        "stages": [stage_identity(s) for s in stages],
+        "image_exts": list(options.read.image_exts),
+        "image_column": options.read.image_column,
+        "id_column": options.read.id_column,
+        "decode_min_side": decode.min_side,
+        "decode_crop": decode.crop,
+        "max_pixels": decode.max_pixels,
+        "embedding_dtype": options.embedding_dtype,
+        "precision": options.precision,
+    }
+
+
+def plan_resume(shards: list[Shard], targets: dict[Shard, Path], config: dict,
+                overwrite: bool) -> tuple[list[Shard], list[Shard]]:
+    """(shards to do, shards already done). Raises :class:`ConfigMismatchError` for outputs of another config."""
+    todo, done, mismatched = [], [], []
+    for shard in shards:
+        target = targets[shard]
+        manifest = Manifest.read(manifest_path(target)) if target.exists() else None
+        if overwrite or manifest is None:
+            todo.append(shard)
+        elif manifest.config != config:
+            mismatched.append(shard)
+        elif manifest.input_identity != input_identity(shard.path):
+            todo.append(shard)  # the input changed since: redo it
+        else:
+            done.append(shard)
+    if mismatched:
+        names = ", ".join(s.name for s in mismatched[:5]) + (" ..." if len(mismatched) > 5 else "")
+        raise ConfigMismatchError(
+            f"{len(mismatched)} shard(s) in {targets[mismatched[0]].parent} were embedded with other stages or "
+            f"options ({names}); use --overwrite to redo them, or another --output"
+        )
+    return todo, done
+
+
+def clean_stale_temporaries(output_dir: Path) -> int:
+    """Remove temporary files left by a killed run (hidden ``.NAME.tmp-PID`` files)."""
+    removed = 0
+    if output_dir.is_dir():
+        for path in output_dir.rglob(".*.tmp-*"):
+            path.unlink(missing_ok=True)
+            removed += 1
+    return removed
+
+
+def make_decoder(options: EmbedOptions, decode: DecodeOptions):
+    if options.decode == "gpu":
+        from curator_cli.gpu_decode import GpuDecoder
+
+        return GpuDecoder(decode, options.device)
+    if options.num_workers <= 0:
+        return InlineDecoder(decode)
+    return DecodePool(options.num_workers, decode, options.decode_timeout)
+
+
 def _progress_bar(enabled: bool, shards: int):
     from tqdm import tqdm
 
@@ -74,78 +149,141 @@ def _progress_bar(enabled: bool, shards: int):
 
 
 def run_local(shards: list[Shard], stages: list[ProcessingStage], options: EmbedOptions) -> RunSummary:
-    """Embed every shard; a shard that fails is reported in the summary and the others go on."""
+    """Embed every shard not already done; a failing shard is reported and the others go on.
+
+    The caller holds the output lock. Ctrl-C/SIGTERM (as KeyboardInterrupt/SystemExit) discard the
+    shards in progress and keep the finished ones.
+    """
+    from curator_cli.decode import DEFAULT_MAX_PIXELS
+
     summary = RunSummary(output_dir=str(options.output_dir), shards_total=len(shards))
-    targets = output_paths(shards, options.output_dir)
-    layout = OutputLayout(embedding_dtype=options.embedding_dtype, declared_scores=declared_scores(stages))
     started = time.perf_counter()
-    waiting_for_dim: list[tuple[ShardWriter, int, int]] = []
-    bar = _progress_bar(options.progress, len(shards))
-    setup_stages(stages, options.device)
-    try:
-        for number, shard in enumerate(shards):
-            writer: ShardWriter | None = None
-            images = failed = 0
-            try:
-                batches = iter_decoded_batches(shard, options.read, options.decode, options.batch_size)
-                for index, decoded in enumerate(_timed(batches, summary)):
-                    summary.seconds_read += decoded.read_seconds
-                    summary.seconds_decode += decoded.decode_seconds
-                    t0 = time.perf_counter()
-                    rows = run_stages(stages, decoded, shard.name, f"{shard.name}:{index}", layout)
-                    t1 = time.perf_counter()
-                    if writer is None:
-                        writer = ShardWriter(targets[shard], decoded.passthrough_fields, layout)
-                    writer.write(rows)
-                    summary.seconds_stages += t1 - t0
-                    summary.seconds_write += time.perf_counter() - t1
-                    images += len(rows)
-                    failed += sum(1 for r in rows if r.error)
-                    for r in rows:
-                        if r.error:
-                            summary.count_error(r.error)
-                    bar.update(len(rows))
-                if images == 0:
-                    raise ShardReadError("empty shard: no samples")
-                assert writer is not None
-                if writer.waiting_for_dimension:
-                    waiting_for_dim.append((writer, images, failed))
-                else:
-                    t0 = time.perf_counter()
-                    writer.commit()
-                    summary.seconds_write += time.perf_counter() - t0
-                    summary.shards_written += 1
-                summary.images += images
-                summary.images_failed += failed
-            except (ShardReadError, StageFailure) as exc:
-                if writer is not None:
-                    writer.abort()
-                if isinstance(exc, StageFailure):
-                    log.error("shard %s: %s", shard.name, exc, exc_info=exc.error)
-                reason = str(exc)
-                summary.shards_failed.append(ShardFailure(shard.name, reason))
-                bar.write(f"curator: shard {shard.name} failed: {reason}", file=sys.stderr)
-                if options.on_error == "fail":
-                    break
-            bar.set_postfix_str(f"shards {number + 1}/{len(shards)}")
-        for writer, images, failed in waiting_for_dim:
-            writer.commit()
-            summary.shards_written += 1
-    except BaseException:
-        for writer, _, _ in waiting_for_dim:
-            writer.abort()
-        raise
-    finally:
-        bar.close()
-        teardown_stages(stages)
+    targets = output_paths(shards, options.output_dir)
+    min_side, crop = decode_request(stages, options.decode_size)
+    decode = DecodeOptions(max_pixels=options.max_pixels or DEFAULT_MAX_PIXELS, min_side=min_side, crop=crop)
+    config = run_config(stages, options, decode)
+    todo, done = plan_resume(shards, targets, config, options.overwrite)
+    summary.shards_skipped = len(done)
+    summary.decode_min_side = min_side
+    clean_stale_temporaries(options.output_dir)
+    (options.output_dir / SUCCESS_FILE).unlink(missing_ok=True)
+
+    layout = OutputLayout(embedding_dtype=options.embedding_dtype, declared_scores=declared_scores(stages))
+    context = StageContext(device=options.device, precision=options.precision)
+    worker = WorkerMetadata(worker_id="local-0", device=options.device,
+                            extra={"precision": options.precision, "decode_size": min_side})
+    if todo:
+        _embed(todo, stages, options, decode, config, targets, layout, context, worker, summary)
     summary.embedding_dim = layout.dim
+    summary.stage_batch_size = context.max_images or options.batch_size
     summary.seconds = time.perf_counter() - started
+    if not summary.shards_failed and summary.shards_written + summary.shards_skipped == len(shards):
+        write_success(options.output_dir, summary.to_dict())
     return summary
 
 
-def _timed(batches, summary: RunSummary):
-    """Yield from ``batches``, adding the time spent waiting for each to ``seconds_wait_input``."""
-    iterator = iter(batches)
+def _embed(todo, stages, options, decode, config, targets, layout, context, worker, summary) -> None:
+    workers = max(1, options.num_workers)
+    chunk = max(1, min(32, options.batch_size // (2 * workers)))
+    decoder = make_decoder(options, decode)
+    writer = BackgroundWriter(layout)
+    feeder = Feeder(todo, options.read, decoder, options.batch_size, chunk, prefetch=2)
+    bar = _progress_bar(options.progress, len(todo))
+    counts: dict[str, tuple[int, int]] = {}  # shard -> (rows, failed rows)
+    failed: dict[str, str] = {}
+    finished = 0
+    clean_exit = False
+    try:
+        setup_stages(stages, worker)
+        for event in _timed(feeder, summary):
+            if isinstance(event, FeederCrashed):
+                raise event.error
+            key = event.shard.name
+            if isinstance(event, ShardOpened):
+                writer.open(key, targets[event.shard], event.passthrough_fields)
+            elif isinstance(event, BatchReady):
+                if key in failed:
+                    continue
+                t0 = time.perf_counter()
+                decoded = event.resolve()
+                summary.seconds_wait_input += time.perf_counter() - t0
+                summary.seconds_decode += decoded.decode_seconds
+                t0 = time.perf_counter()
+                try:
+                    rows = run_stages(stages, decoded, key, f"{key}:{event.index}", layout, context)
+                except StageFailure as exc:
+                    log.error("shard %s: %s", key, exc, exc_info=exc.error)
+                    failed[key] = str(exc)
+                    writer.abort(key, str(exc))
+                    _report_failure(bar, key, str(exc))
+                    if options.on_error == "fail":
+                        break
+                    continue
+                finally:
+                    summary.seconds_stages += time.perf_counter() - t0
+                writer.write(key, rows)
+                bad = sum(1 for r in rows if r.error)
+                n, f = counts.get(key, (0, 0))
+                counts[key] = (n + len(rows), f + bad)
+                for r in rows:
+                    if r.error:
+                        summary.count_error(r.error)
+                bar.update(len(rows))
+            elif isinstance(event, ShardFinished):
+                summary.seconds_read += event.read_seconds
+                finished += 1
+                bar.set_postfix_str(f"shards {finished}/{len(todo)}")
+                if key in failed:
+                    continue
+                reason = event.error or (None if event.samples else "empty shard: no samples")
+                if reason:
+                    failed[key] = reason
+                    writer.abort(key, reason)
+                    _report_failure(bar, key, reason)
+                    if options.on_error == "fail":
+                        break
+                    continue
+                rows, bad = counts.get(key, (0, 0))
+                writer.commit(key, Manifest(input=key, input_identity=input_identity(event.shard.path),
+                                            config=config, rows=rows, failed_rows=bad))
+        clean_exit = True
+    finally:
+        feeder.stop()
+        outcomes = writer.close(discard=not clean_exit)
+        decoder.close()
+        bar.close()
+        teardown_stages(stages)
+        summary.seconds_write += writer.busy_seconds
+        summary.decode_workers_replaced = decoder.replaced_workers
+    for shard in todo:
+        key = shard.name
+        outcome = outcomes.get(key)
+        if key in failed:
+            summary.shards_failed.append(ShardFailure(key, failed[key]))
+        elif outcome is not None and outcome.error is None:
+            summary.shards_written += 1
+            rows, bad = counts.get(key, (0, 0))
+            summary.images += rows
+            summary.images_failed += bad
+        elif outcome is not None:
+            summary.shards_failed.append(ShardFailure(key, outcome.error))
+            _report_failure(None, key, outcome.error)
+        elif options.on_error != "fail":
+            summary.shards_failed.append(ShardFailure(key, "not processed"))
+
+
+def _report_failure(bar, shard: str, reason: str) -> None:
+    line = f"curator: shard {shard} failed: {reason}"
+    log.error(line)
+    if bar is not None:
+        bar.write(line, file=sys.stderr)
+    else:
+        print(line, file=sys.stderr)
+
+
+def _timed(events, summary: RunSummary):
+    """Yield from ``events``, adding time spent waiting for each to ``seconds_wait_input``."""
+    iterator = iter(events)
     while True:
         t0 = time.perf_counter()
         try:

@@ -25,6 +25,9 @@ class RunSummary:
     images: int = 0
     images_failed: int = 0
     embedding_dim: int | None = None
+    decode_min_side: int | None = None  # None: full-size decode
+    stage_batch_size: int | None = None  # images per stage call that worked (smaller after CUDA OOM)
+    decode_workers_replaced: int = 0  # workers killed by a hanging or crashing image
     seconds: float = 0.0
     seconds_read: float = 0.0
     seconds_decode: float = 0.0

@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import json
 import os
+import queue
+import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -15,6 +18,8 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+
+from curator_cli.manifest import Manifest, manifest_path, write_atomic
 
 SCORE_COLUMNS = ("aesthetic_score", "nsfw_score")
 ROWS_PER_ROW_GROUP = 4096
@@ -151,14 +156,19 @@ class ShardWriter:
         columns["error"] = pa.array([r.error for r in rows], pa.string())
         return pa.Table.from_arrays([columns[name] for name in self._schema.names], schema=self._schema)
 
-    def commit(self) -> int:
-        """Write what is left, close, and rename into place. Returns the number of rows written."""
+    def commit(self, manifest: Manifest | None = None) -> int:
+        """Write what is left, close, and rename into place, then the manifest beside it.
+
+        Returns the number of rows written. Until the manifest is in place the output does not count as done.
+        """
         self._flush()
         assert self._writer is not None
         self._writer.close()
         with open(self.temp_path, "rb") as handle:
             os.fsync(handle.fileno())
         os.replace(self.temp_path, self.final_path)
+        if manifest is not None:
+            write_atomic(manifest_path(self.final_path), manifest.to_json())
         return self.rows_written
 
     def abort(self) -> None:
@@ -169,3 +179,100 @@ class ShardWriter:
             except Exception:
                 pass
         self.temp_path.unlink(missing_ok=True)
+
+
+@dataclass
+class WriteOutcome:
+    """How one shard's output ended: written (rows) or failed (reason)."""
+
+    rows: int = 0
+    error: str | None = None
+
+
+class BackgroundWriter:
+    """Runs :class:`ShardWriter` work in a thread, so the stages never wait for parquet encoding or disk.
+
+    Commands for each shard are applied in order. A write error fails that shard, not the run.
+    Shards finished before any embedding was seen wait, in memory, until the dimension is known.
+    """
+
+    def __init__(self, layout: OutputLayout, max_queued: int = 8) -> None:
+        self.layout = layout
+        self.busy_seconds = 0.0
+        self.outcomes: dict[str, WriteOutcome] = {}
+        self._writers: dict[str, ShardWriter] = {}
+        self._waiting: list[tuple[str, ShardWriter, Manifest]] = []
+        self._queue: queue.Queue = queue.Queue(maxsize=max_queued)
+        self._thread = threading.Thread(target=self._run, name="curator-writer", daemon=True)
+        self._thread.start()
+
+    def open(self, key: str, target: Path, passthrough_fields: list[pa.Field]) -> None:
+        self._queue.put(("open", key, (target, passthrough_fields)))
+
+    def write(self, key: str, rows: list[OutputRow]) -> None:
+        self._queue.put(("write", key, rows))
+
+    def commit(self, key: str, manifest: Manifest) -> None:
+        self._queue.put(("commit", key, manifest))
+
+    def abort(self, key: str, reason: str) -> None:
+        self._queue.put(("abort", key, reason))
+
+    def close(self, discard: bool = False) -> dict[str, WriteOutcome]:
+        """Finish every queued command (or, with ``discard``, drop unfinished shards) and stop the thread."""
+        self._queue.put(("close", "", discard))
+        self._thread.join()
+        return self.outcomes
+
+    def _run(self) -> None:
+        while True:
+            command, key, payload = self._queue.get()
+            t0 = time.perf_counter()
+            if command == "close":
+                self._finish_all(discard=payload)
+                self.busy_seconds += time.perf_counter() - t0
+                return
+            try:
+                self._apply(command, key, payload)
+            except Exception as exc:
+                writer = self._writers.pop(key, None)
+                if writer is not None:
+                    writer.abort()
+                self.outcomes[key] = WriteOutcome(error=f"writing output failed: {type(exc).__name__}: {exc}")
+            self.busy_seconds += time.perf_counter() - t0
+
+    def _apply(self, command: str, key: str, payload) -> None:
+        if command == "open":
+            target, passthrough = payload
+            self._writers[key] = ShardWriter(target, passthrough, self.layout)
+            return
+        writer = self._writers.get(key)
+        if writer is None:
+            return  # the shard already failed
+        if command == "write":
+            writer.write(payload)
+        elif command == "abort":
+            self._writers.pop(key).abort()
+            self.outcomes[key] = WriteOutcome(error=payload)
+        elif command == "commit":
+            self._writers.pop(key)
+            if writer.waiting_for_dimension:
+                self._waiting.append((key, writer, payload))
+            else:
+                self.outcomes[key] = WriteOutcome(rows=writer.commit(payload))
+
+    def _finish_all(self, discard: bool) -> None:
+        for key, writer in list(self._writers.items()):
+            writer.abort()
+            self.outcomes.setdefault(key, WriteOutcome(error="interrupted"))
+        self._writers.clear()
+        for key, writer, manifest in self._waiting:
+            if discard:
+                writer.abort()
+                continue
+            try:
+                self.outcomes[key] = WriteOutcome(rows=writer.commit(manifest))
+            except Exception as exc:
+                writer.abort()
+                self.outcomes[key] = WriteOutcome(error=f"writing output failed: {type(exc).__name__}: {exc}")
+        self._waiting.clear()

@@ -1,0 +1,117 @@
+"""``--decode gpu``: batched JPEG decoding on the GPU with nvJPEG (``torchvision.io.decode_jpeg``),
+resized on the GPU; anything that is not a JPEG, or that nvJPEG rejects, is decoded on the CPU.
+"""
+
+from __future__ import annotations
+
+import io
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from PIL import Image
+
+from curator_cli.decode import DecodeOptions
+from curator_cli.decode_pool import DecodeJob, decode_one
+
+JPEG_MAGIC = b"\xff\xd8\xff"
+
+
+class GpuDecodeUnavailable(RuntimeError):
+    """``--decode gpu`` on a machine without CUDA."""
+
+
+def _header_size(data: bytes) -> tuple[int, int] | None:
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            return image.size
+    except Exception:
+        return None
+
+
+class GpuDecoder:
+    """Decodes each submitted chunk as one nvJPEG batch on ``device``; same interface as the CPU pool."""
+
+    replaced_workers = 0
+
+    def __init__(self, options: DecodeOptions, device: str) -> None:
+        import torch
+
+        if not device.startswith("cuda") or not torch.cuda.is_available():
+            raise GpuDecodeUnavailable("--decode gpu needs a CUDA device (use --decode cpu on this machine)")
+        self.options = options
+        self.device = torch.device(device)
+
+    def _resize(self, image: Any) -> Any:
+        """(3, H, W) uint8 on the GPU -> shorter side ``min_side`` (and the centre square when cropping)."""
+        import torch
+
+        size = self.options.min_side
+        if not size:
+            return image
+        _, height, width = image.shape
+        scale = size / min(height, width)
+        if scale < 1:
+            new_h, new_w = max(size, round(height * scale)), max(size, round(width * scale))
+            image = torch.nn.functional.interpolate(
+                image[None].float(), size=(new_h, new_w), mode="bilinear", antialias=True, align_corners=False
+            )[0].round().clamp(0, 255).to(torch.uint8)
+        if self.options.crop:
+            _, height, width = image.shape
+            top, left = max(0, (height - size) // 2), max(0, (width - size) // 2)
+            image = image[:, top:top + size, left:left + size]
+        return image
+
+    def _finish(self, image: Any) -> Any:
+        """Keep exact squares on the GPU for the tensor fast path; everything else becomes H x W x 3 numpy."""
+        image = self._resize(image)
+        if self.options.crop and image.shape[1] == image.shape[2] == self.options.min_side:
+            return image.permute(1, 2, 0)
+        return image.permute(1, 2, 0).cpu().numpy()
+
+    def submit(self, payloads: Sequence[bytes | None]) -> DecodeJob:
+        import torch
+        from torchvision.io import ImageReadMode, decode_jpeg
+
+        t0 = time.perf_counter()
+        job = DecodeJob(payloads)
+        on_gpu: list[int] = []
+        for i, data in enumerate(job.payloads):
+            size = _header_size(data) if data and data[:3] == JPEG_MAGIC else None
+            if size is None:
+                continue
+            if size[0] * size[1] > self.options.max_pixels:
+                job.results[i] = f"too many pixels ({size[0]}x{size[1]} > --max-pixels {self.options.max_pixels})"
+            else:
+                on_gpu.append(i)
+        decoded: list[Any] = []
+        if on_gpu:
+            tensors = [torch.frombuffer(bytearray(job.payloads[i]), dtype=torch.uint8) for i in on_gpu]
+            try:
+                decoded = decode_jpeg(tensors, mode=ImageReadMode.RGB, device=self.device, apply_exif_orientation=True)
+            except RuntimeError:
+                decoded = []
+                for tensor in tensors:  # one bad file fails the batch call: retry one by one
+                    try:
+                        decoded.append(decode_jpeg(tensor, mode=ImageReadMode.RGB, device=self.device,
+                                                   apply_exif_orientation=True))
+                    except RuntimeError:
+                        decoded.append(None)
+        for i, image in zip(on_gpu, decoded):
+            if image is not None:
+                job.results[i] = self._finish(image)
+        for i, data in enumerate(job.payloads):
+            if job.results[i] is None:
+                job.results[i] = decode_one(data, self.options)  # CPU fallback: non-JPEG or nvJPEG refused it
+        job.decode_seconds = time.perf_counter() - t0
+        job._finish()
+        return job
+
+    def close(self) -> None:
+        pass
+
+    def __enter__(self) -> GpuDecoder:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

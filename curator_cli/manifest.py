@@ -1,0 +1,97 @@
+"""Per-shard manifests: what produced an output file, so a rerun can tell done shards from stale ones.
+
+A manifest ``_NAME.manifest.json`` sits beside each ``NAME.parquet`` and is renamed into place
+after it, so an output counts as done only when both exist and the manifest matches the run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from curator_cli import __version__
+
+SUCCESS_FILE = "_SUCCESS"
+
+
+def manifest_path(output: Path) -> Path:
+    return output.parent / f"_{output.stem}.manifest.json"
+
+
+def _plain(value: Any) -> Any:
+    return json.loads(json.dumps(value, default=str, sort_keys=True))
+
+
+def stage_identity(stage: Any) -> dict[str, Any]:
+    """A stage's class and constructor arguments, as JSON: a changed argument changes the identity."""
+    cls = type(stage)
+    args: dict[str, Any] = {}
+    if dataclasses.is_dataclass(stage):
+        args = {f.name: getattr(stage, f.name, None) for f in dataclasses.fields(stage) if f.init}
+    return _plain({"class": f"{cls.__module__.split('curator_plugin_')[0] or 'file'}:{cls.__qualname__}",
+                   "args": args})
+
+
+def input_identity(shard_path: Path) -> dict[str, Any]:
+    """Size and modification time of an input shard (a folder: its image files' total and latest)."""
+    if shard_path.is_dir():
+        stats = [p.stat() for p in shard_path.iterdir() if p.is_file()]
+        return {"size": sum(s.st_size for s in stats), "mtime_ns": max((s.st_mtime_ns for s in stats), default=0)}
+    st = shard_path.stat()
+    return {"size": st.st_size, "mtime_ns": st.st_mtime_ns}
+
+
+@dataclass
+class Manifest:
+    """What one output file holds and what made it."""
+
+    input: str
+    input_identity: dict[str, Any]
+    config: dict[str, Any]
+    rows: int
+    failed_rows: int
+    tool_version: str = __version__
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True) + "\n"
+
+    @classmethod
+    def read(cls, path: Path) -> Manifest | None:
+        """The manifest at ``path``, or None when it is missing or unreadable (treated as not done)."""
+        try:
+            data = json.loads(path.read_text())
+            return cls(**{f.name: data[f.name] for f in dataclasses.fields(cls)})
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file, fsync, rename."""
+    temp = path.parent / f".{path.name}.tmp-{os.getpid()}"
+    with open(temp, "w") as handle:
+        handle.write(text)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(temp, path)
+
+
+def _fsync_dir(directory: Path) -> None:
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def write_success(output_dir: Path, summary: dict[str, Any]) -> None:
+    write_atomic(output_dir / SUCCESS_FILE, json.dumps(summary, indent=2, default=str) + "\n")
+    _fsync_dir(output_dir)
