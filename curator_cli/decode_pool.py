@@ -8,7 +8,11 @@ replaced and the rest of its job is decoded by the next free worker.
 
 from __future__ import annotations
 
+import glob
+import itertools
+import mmap
 import multiprocessing
+import os
 import signal
 import socket
 import threading
@@ -32,12 +36,15 @@ class DecodeJob:
         self.payloads = list(payloads)
         self.results: list[Any] = [None] * len(self.payloads)
         self.decode_seconds = 0.0
+        self.error: BaseException | None = None
         self._done = threading.Event()
         if not self.payloads:
             self._done.set()
 
     def wait(self) -> list[Any]:
         self._done.wait()
+        if self.error is not None:
+            raise RuntimeError(f"decoding failed: {self.error}") from self.error
         self.payloads = []
         return self.results
 
@@ -57,9 +64,66 @@ def decode_one(data: bytes | None, options: DecodeOptions) -> Any:
         return f"cannot decode: {type(exc).__name__}: {exc}"
 
 
-def _worker_main(conn: Connection, options: DecodeOptions) -> None:
+READY = "ready"
+SHM_DIR = "/dev/shm"
+SHM_MIN_FREE = 2 << 30  # below this much free shared memory, pixels go through the pipe instead
+
+
+def shared_memory_usable() -> bool:
+    """True on Linux with a roomy /dev/shm (container defaults of 64 MB are not)."""
+    try:
+        st = os.statvfs(SHM_DIR)
+    except OSError:
+        return False
+    return st.f_bavail * st.f_frsize >= SHM_MIN_FREE
+
+
+def _shm_prefix(parent_pid: int) -> str:
+    return os.path.join(SHM_DIR, f"curator-{parent_pid}-")
+
+
+def _ship(array: np.ndarray, prefix: str | None, counter: itertools.count) -> Any:
+    """Hand pixels to the parent: through a shared-memory file when possible (no pickling of
+    megabytes through a pipe), else as the array itself."""
+    if prefix is None or array.nbytes == 0:
+        return array
+    name = f"{prefix}{os.getpid()}-{next(counter)}"
+    try:
+        fd = os.open(name, os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o600)
+    except OSError:
+        return array
+    try:
+        os.posix_fallocate(fd, 0, array.nbytes)  # ENOSPC here, rather than SIGBUS on write
+        with mmap.mmap(fd, array.nbytes) as view:
+            np.frombuffer(view, dtype=np.uint8).reshape(array.shape)[...] = array
+    except OSError:
+        os.close(fd)
+        os.unlink(name)
+        return array
+    os.close(fd)
+    return ("shm", name, array.shape)
+
+
+def _receive(value: Any) -> Any:
+    """The parent's side of :func:`_ship`: map the file privately (writable, copy-on-write) and unlink it."""
+    if not (isinstance(value, tuple) and value and value[0] == "shm"):
+        return value
+    _, name, shape = value
+    fd = os.open(name, os.O_RDONLY)
+    try:
+        size = int(np.prod(shape))
+        view = mmap.mmap(fd, size, flags=mmap.MAP_PRIVATE, prot=mmap.PROT_READ | mmap.PROT_WRITE)
+    finally:
+        os.close(fd)
+        os.unlink(name)
+    return np.frombuffer(view, dtype=np.uint8).reshape(shape)
+
+
+def _worker_main(conn: Connection, options: DecodeOptions, shm_prefix: str | None) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when to stop
     Image.MAX_IMAGE_PIXELS = options.max_pixels
+    counter = itertools.count()
+    conn.send(READY)  # timeouts count from here, not from process start-up
     while True:
         try:
             message = conn.recv()
@@ -71,15 +135,18 @@ def _worker_main(conn: Connection, options: DecodeOptions) -> None:
         for offset, data in enumerate(payloads):
             t0 = time.perf_counter()
             value = decode_one(data, options)
+            if isinstance(value, np.ndarray):
+                value = _ship(value, shm_prefix, counter)
             conn.send((key, start + offset, value, time.perf_counter() - t0))
 
 
 class _Worker:
-    def __init__(self, ctx: Any, options: DecodeOptions) -> None:
+    def __init__(self, ctx: Any, options: DecodeOptions, shm_prefix: str | None) -> None:
         self.conn, child = ctx.Pipe(duplex=True)
-        self.process = ctx.Process(target=_worker_main, args=(child, options), daemon=True)
+        self.process = ctx.Process(target=_worker_main, args=(child, options, shm_prefix), daemon=True)
         self.process.start()
         child.close()
+        self.ready = False
         self.job: DecodeJob | None = None
         self.key = -1
         self.next_index = 0
@@ -107,17 +174,22 @@ class DecodePool:
         self.options = options
         self.timeout_s = timeout_s
         self._ctx = multiprocessing.get_context("spawn")
-        self._workers = [_Worker(self._ctx, options) for _ in range(workers)]
+        self._shm_prefix = _shm_prefix(os.getpid()) if shared_memory_usable() else None
+        self._workers = [_Worker(self._ctx, options, self._shm_prefix) for _ in range(workers)]
         self._pending: deque[tuple[DecodeJob, int, int]] = deque()
         self._keys = 0
         self._lock = threading.Lock()
         self._wake_r, self._wake_w = socket.socketpair()
         self._closed = False
         self.replaced_workers = 0
-        self._thread = threading.Thread(target=self._loop, name="curator-decode-dispatch", daemon=True)
+        self._startup_failures = 0
+        self.error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="curator-decode-dispatch", daemon=True)
         self._thread.start()
 
     def submit(self, payloads: Sequence[bytes | None]) -> DecodeJob:
+        if self.error is not None:
+            raise RuntimeError(f"decode pool failed: {self.error}") from self.error
         job = DecodeJob(payloads)
         if job.payloads:
             with self._lock:
@@ -135,28 +207,48 @@ class DecodePool:
     def _assign(self) -> None:
         with self._lock:
             for worker in self._workers:
-                if worker.job is None and self._pending:
+                if worker.ready and worker.job is None and self._pending:
                     job, key, start = self._pending.popleft()
                     worker.job, worker.key, worker.next_index = job, key, start
                     worker.last_progress = time.monotonic()
                     worker.conn.send((key, start, job.payloads[start:]))
 
+    def _run(self) -> None:
+        try:
+            self._loop()
+        except BaseException as exc:  # the pool is unusable: fail every waiting job loudly
+            self.error = exc
+            with self._lock:
+                stranded = [job for job, _, _ in self._pending] + [w.job for w in self._workers if w.job]
+                self._pending.clear()
+            for job in stranded:
+                job.error = exc
+                job._finish()
+
     def _loop(self) -> None:
         while not self._closed:
             self._assign()
-            busy = {w.conn: w for w in self._workers if w.job is not None}
-            ready = wait([*busy, self._wake_r], timeout=min(0.5, self.timeout_s))
+            by_conn = {w.conn: w for w in self._workers}
+            ready = wait([*by_conn, self._wake_r], timeout=min(0.5, self.timeout_s))
             for conn in ready:
                 if conn is self._wake_r:
                     self._wake_r.recv(4096)
                     continue
-                worker = busy[conn]
+                worker = by_conn[conn]
                 try:
-                    key, index, value, seconds = conn.recv()
+                    message = conn.recv()
                 except (EOFError, OSError):
-                    code = worker.process.exitcode
-                    self._replace(worker, f"decoder crashed (worker exit code {code})")
+                    worker.process.join(timeout=1)
+                    self._replace(worker, f"decoder crashed (worker exit code {worker.process.exitcode})")
                     continue
+                if message == READY:
+                    worker.ready = True
+                    continue
+                key, index, value, seconds = message
+                try:
+                    value = _receive(value)
+                except OSError as exc:
+                    value = f"cannot receive decoded pixels: {exc}"
                 if worker.job is None or key != worker.key:
                     continue
                 self._record(worker, index, value, seconds)
@@ -181,8 +273,11 @@ class DecodePool:
         job, key, index = worker.job, worker.key, worker.next_index
         worker.job = None
         worker.stop(kill=True)
+        self._startup_failures = 0 if worker.ready else self._startup_failures + 1
+        if self._startup_failures >= 3:
+            raise RuntimeError("decode worker processes die before they start; try --num-workers 0")
         slot = self._workers.index(worker)
-        self._workers[slot] = _Worker(self._ctx, self.options)
+        self._workers[slot] = _Worker(self._ctx, self.options, self._shm_prefix)
         self.replaced_workers += 1
         if job is None:
             return
@@ -204,6 +299,12 @@ class DecodePool:
             worker.stop(kill=worker.job is not None)
         self._wake_r.close()
         self._wake_w.close()
+        if self._shm_prefix:  # pixels shipped for jobs nobody collected
+            for leftover in glob.glob(self._shm_prefix + "*"):
+                try:
+                    os.unlink(leftover)
+                except OSError:
+                    pass
 
     def __enter__(self) -> DecodePool:
         return self

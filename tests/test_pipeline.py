@@ -1,0 +1,207 @@
+"""The streaming pipeline: order, bounded memory, decode size, tensor fast path, precision, decoders."""
+
+from __future__ import annotations
+
+import io
+import json
+import textwrap
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import curator_cli.readers as readers
+from curator_cli.decode import DecodeOptions
+from curator_cli.decode_pool import DecodePool
+
+from conftest import encode, img2dataset_tar, jpeg, read_output, synthetic_photo, write_tar
+
+PROBES = textwrap.dedent('''
+    from dataclasses import dataclass
+    import json, os, time
+    import numpy as np
+    import torch
+    from curator_cli.stages.base import ProcessingStage
+    from curator_cli.tasks import ImageBatch
+
+    def record(path, entry):
+        with open(path, "a") as handle:
+            handle.write(json.dumps(entry) + "\\n")
+
+    @dataclass
+    class Shapes(ProcessingStage[ImageBatch, ImageBatch]):
+        """Embeds (height, width, batch length); records what it saw."""
+        log: str = ""
+        delay: float = 0.0
+        def process(self, task):
+            time.sleep(self.delay)
+            for obj in task.data:
+                h, w, _ = obj.image_data.shape
+                obj.embedding = [float(h), float(w), float(len(task.data))]
+            return task
+
+    @dataclass
+    class Sized(Shapes):
+        decode_size: int = 64
+
+    @dataclass
+    class Tensors(ProcessingStage[ImageBatch, ImageBatch]):
+        decode_size: int = 32
+        def process(self, task):
+            raise AssertionError("the tensor fast path must be used")
+        def process_tensors(self, pixels, task):
+            assert pixels.dtype == torch.uint8 and tuple(pixels.shape[1:]) == (3, 32, 32)
+            assert len(pixels) == len(task.data)
+            means = pixels.float().mean(dim=(2, 3))
+            for obj, mean in zip(task.data, means):
+                obj.embedding = mean
+            return task
+
+    @dataclass
+    class Autocast(ProcessingStage[ImageBatch, ImageBatch]):
+        use_autocast = True
+        def process(self, task):
+            enabled = torch.is_autocast_enabled("cpu")
+            x = torch.ones(len(task.data), 4) @ torch.ones(4, 2)
+            for obj, row in zip(task.data, x):
+                obj.embedding = torch.cat([row, torch.tensor([float(enabled)], dtype=row.dtype)])
+            return task
+''')
+
+
+@pytest.fixture
+def probes(tmp_path):
+    path = tmp_path / "probes.py"
+    path.write_text(PROBES)
+    return path
+
+
+def test_rows_keep_input_order_across_workers_and_batches(cli, tmp_path, probes):
+    for s in range(3):
+        img2dataset_tar(tmp_path / "in" / f"{s:05d}.tar", 23, first_seed=100 * s, size=(48 + s, 40))
+    result = cli("embed", tmp_path / "in", "-o", tmp_path / "out", "--stage", f"{probes}:Shapes",
+                 "--batch-size", "5", "--num-workers", "3")
+    assert result.exit_code == 0, result.output
+    for s in range(3):
+        table = read_output(tmp_path / "out" / f"{s:05d}.parquet")
+        assert table.column("image_id").to_pylist() == [f"{i:09d}" for i in range(23)]
+        embeddings = np.array(table.column("embedding").to_pylist())
+        assert (embeddings[:, 1] == 48 + s).all()  # each row got its own image
+        assert embeddings[:, 2].max() <= 5
+
+
+def test_a_slow_stage_does_not_let_reading_run_ahead(cli, tmp_path, probes, monkeypatch):
+    """Memory stays bounded: reading never gets more than a few batches ahead of the stages."""
+    img2dataset_tar(tmp_path / "in" / "00000.tar", 60, size=(32, 32))
+    read = []
+    ahead = []
+    original = readers.read_tar
+
+    def counting_read_tar(path, options):
+        for sample in original(path, options):
+            read.append(1)
+            yield sample
+
+    monkeypatch.setattr(readers, "read_tar", counting_read_tar)
+    from curator_cli import pipeline
+
+    original_run = pipeline.run_stages
+
+    def observing_run_stages(stages, decoded, *args, **kwargs):
+        ahead.append(len(read))
+        return original_run(stages, decoded, *args, **kwargs)
+
+    monkeypatch.setattr("curator_cli.runner.run_stages", observing_run_stages)
+    result = cli("embed", tmp_path / "in", "-o", tmp_path / "out", "--stage", f"{probes}:Shapes",
+                 "--stage-arg", "delay=0.05", "--batch-size", "4", "--num-workers", "1")
+    assert result.exit_code == 0, result.output
+    processed = [4 * i for i in range(len(ahead))]
+    lead = max(r - p for r, p in zip(ahead, processed))
+    assert 0 < lead <= 4 * 5, f"reading ran {lead} samples ahead of the stages"
+
+
+def test_decode_size_declared_overridden_and_full(cli, tmp_path, probes):
+    members = [("big.jpg", jpeg(1, (640, 480))), ("png.png", encode(synthetic_photo(2, (400, 300)), "PNG"))]
+    shard = write_tar(tmp_path / "s.tar", members)
+
+    def shapes(*extra):
+        out = tmp_path / f"out{len(extra)}{extra[-1] if extra else ''}"
+        result = cli("embed", shard, "-o", out, *extra)
+        assert result.exit_code == 0, result.output
+        return [tuple(e[:2]) for e in read_output(out / "s.parquet").column("embedding").to_pylist()]
+
+    sized = shapes("--stage", f"{probes}:Sized")
+    assert 64 <= min(sized[0]) < 480 and sized[1] == (300, 400)  # JPEG scaled by DCT, PNG full size
+    assert shapes("--stage", f"{probes}:Shapes") == [(480, 640), (300, 400)]  # nothing declared: full size
+    assert shapes("--stage", f"{probes}:Sized", "--decode-size", "full") == [(480, 640), (300, 400)]
+    assert 240 <= min(shapes("--stage", f"{probes}:Shapes", "--decode-size", "240")[0]) < 480
+
+
+def test_tensor_fast_path(cli, tmp_path, probes):
+    half = Image.new("RGB", (120, 40), (255, 0, 0))
+    half.paste((0, 0, 255), (60, 0, 120, 40))  # left red, right blue: the centre square is half and half
+    shard = write_tar(tmp_path / "s.tar", [("a.png", encode(half, "PNG")), ("b.jpg", jpeg(3, (50, 70)))])
+    result = cli("embed", shard, "-o", tmp_path / "out", "--stage", f"{probes}:Tensors")
+    assert result.exit_code == 0, result.output
+    first = read_output(tmp_path / "out" / "s.parquet").column("embedding").to_pylist()[0]
+    assert first == pytest.approx([127.5, 0.0, 127.5], abs=8)
+
+
+def test_precision_autocast_for_stages_that_opt_in(cli, tmp_path, probes):
+    shard = img2dataset_tar(tmp_path / "s.tar", 2, size=(16, 16))
+    for precision, enabled in (("bf16", 1.0), ("fp32", 0.0)):
+        out = tmp_path / precision
+        result = cli("embed", shard, "-o", out, "--stage", f"{probes}:Autocast", "--precision", precision)
+        assert result.exit_code == 0, result.output
+        table = read_output(out / "s.parquet")
+        assert str(table.schema.field("embedding").type.value_type) == "float"  # written as float32
+        assert table.column("embedding").to_pylist()[0] == [4.0, 4.0, enabled]
+
+
+def test_gpu_decode_without_cuda_is_a_clear_error(cli, tmp_path):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    result = cli("embed", img2dataset_tar(tmp_path / "s.tar", 1), "-o", tmp_path / "out", "--decode", "gpu")
+    assert result.exit_code == 2 and "--decode gpu needs a CUDA device" in result.output
+
+
+def test_summary_reports_throughput_and_time_split(cli, tmp_path):
+    img2dataset_tar(tmp_path / "s.tar", 4)
+    result = cli("embed", tmp_path / "s.tar", "-o", tmp_path / "out", "--summary-json", tmp_path / "s.json")
+    assert result.exit_code == 0
+    summary = json.loads((tmp_path / "s.json").read_text())
+    for key in ("images_per_second", "seconds_read", "seconds_decode", "seconds_wait_input",
+                "seconds_stages", "seconds_write"):
+        assert summary[key] >= 0
+    assert summary["decode_min_side"] == 64  # the default stage declares 64
+    assert "Time: read" in result.output
+
+
+def _slow_png() -> bytes:
+    """A legitimately slow image: 8000 x 8000 pixels (under Pillow's limit), tiny when compressed."""
+    buffer = io.BytesIO()
+    Image.new("L", (8000, 8000), 128).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+@pytest.mark.slow
+def test_pool_times_out_one_image_and_survives_a_crash():
+    slow = _slow_png()
+    with DecodePool(2, DecodeOptions(), timeout_s=0.05) as pool:
+        job = pool.submit([jpeg(1), slow, jpeg(2)])
+        results = job.wait()
+        assert isinstance(results[0], np.ndarray) and isinstance(results[2], np.ndarray)
+        assert results[1] == "decode timed out after 0.05s"
+        assert pool.replaced_workers == 1
+    with DecodePool(1, DecodeOptions(), timeout_s=60) as pool:
+        job = pool.submit([slow, jpeg(3)])
+        import time
+
+        deadline = time.monotonic() + 10
+        while pool._workers[0].job is None and time.monotonic() < deadline:
+            time.sleep(0.01)
+        pool._workers[0].process.kill()  # as a segfault in a native decoder would
+        results = job.wait()
+        assert results[0].startswith("decoder crashed") and isinstance(results[1], np.ndarray)
