@@ -104,7 +104,8 @@ class Feeder:
                 self._events.get_nowait()
         except queue.Empty:
             pass
-        self._thread.join(timeout=10)
+        if self._thread.is_alive():
+            self._thread.join(timeout=10)
 
     def _put(self, event: Any) -> None:
         while not self._stop.is_set():

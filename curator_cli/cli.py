@@ -165,9 +165,7 @@ def embed(inputs, output, stage_specs, stage_args, batch_size, device, image_ext
     try:
         with _signals_as_exit(), lock:
             summary = run_local(shards, stages, options)
-    except LockedError as exc:
-        raise click.ClickException(str(exc)) from None
-    except ConfigMismatchError as exc:
+    except (LockedError, ConfigMismatchError) as exc:
         raise UsageError(str(exc)) from None
     except StageSetupError as exc:
         raise click.ClickException(str(exc)) from None

@@ -98,7 +98,7 @@ def decode_image(
         raise DecodeError(f"too many pixels ({exc})") from None
     except OSError as exc:
         text = str(exc)
-        if "truncated" in text:
+        if "truncated" in text.lower():
             raise DecodeError("truncated image") from None
         raise DecodeError(f"cannot decode: {text}") from None
     except (ValueError, SyntaxError, TypeError, IndexError, MemoryError) as exc:

@@ -82,6 +82,21 @@ def _shm_prefix(parent_pid: int) -> str:
     return os.path.join(SHM_DIR, f"curator-{parent_pid}-")
 
 
+def remove_orphaned_shared_memory() -> None:
+    """Delete pixel files left in /dev/shm by runs that were killed (their parent pid is gone)."""
+    for path in glob.glob(os.path.join(SHM_DIR, "curator-*-*")):
+        try:
+            parent = int(os.path.basename(path).split("-")[1])
+            os.kill(parent, 0)
+        except ProcessLookupError:
+            try:
+                os.unlink(path)
+            except OSError:
+                pass
+        except (ValueError, IndexError, PermissionError):
+            continue
+
+
 def _ship(array: np.ndarray, prefix: str | None, counter: itertools.count) -> Any:
     """Hand pixels to the parent: through a shared-memory file when possible (no pickling of
     megabytes through a pipe), else as the array itself."""
@@ -175,6 +190,8 @@ class DecodePool:
         self.timeout_s = timeout_s
         self._ctx = multiprocessing.get_context("spawn")
         self._shm_prefix = _shm_prefix(os.getpid()) if shared_memory_usable() else None
+        if self._shm_prefix:
+            remove_orphaned_shared_memory()
         self._workers = [_Worker(self._ctx, options, self._shm_prefix) for _ in range(workers)]
         self._pending: deque[tuple[DecodeJob, int, int]] = deque()
         self._keys = 0

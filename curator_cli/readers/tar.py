@@ -19,12 +19,26 @@ def split_member_name(name: str) -> tuple[str, str]:
     return key, ext.lower() if dot else ""
 
 
+COMPRESSED_MAGIC = (b"\x1f\x8b", b"BZh", b"\xfd7zXZ")
+END_OF_ARCHIVE = 1024  # two zero blocks close every complete tar
+
+
+def _check_end_marker(handle, offset: int) -> None:
+    """An uncompressed tar cut at a member boundary reads as a shorter archive: its missing
+    end-of-archive blocks are the only sign that members were lost."""
+    handle.seek(offset)
+    tail = handle.read(END_OF_ARCHIVE)
+    if len(tail) < END_OF_ARCHIVE or tail.count(0) != len(tail):
+        raise tarfile.ReadError("truncated: no end-of-archive marker after the last member")
+
+
 def iter_tar_groups(path: Path) -> Iterator[tuple[str, dict[str, bytes]]]:
     """(key, {extension: bytes}) for each run of consecutive members with the same key, streaming."""
     current_key: str | None = None
     members: dict[str, bytes] = {}
     try:
-        with tarfile.open(path, mode="r|*") as archive:
+        with open(path, "rb") as raw, tarfile.open(fileobj=raw, mode="r|*") as archive:
+            compressed = _magic(path).startswith(COMPRESSED_MAGIC)
             for info in archive:
                 if not info.isfile():
                     continue
@@ -39,12 +53,19 @@ def iter_tar_groups(path: Path) -> Iterator[tuple[str, dict[str, bytes]]]:
                         yield current_key, members
                     current_key, members = key, {}
                 members[ext] = payload
+            if not compressed:
+                _check_end_marker(raw, archive.offset)
     except (tarfile.TarError, EOFError, OSError, ValueError) as exc:
         if current_key is not None:
             yield current_key, members
         raise ShardReadError(f"corrupt or truncated tar: {exc}") from exc
     if current_key is not None:
         yield current_key, members
+
+
+def _magic(path: Path) -> bytes:
+    with open(path, "rb") as handle:
+        return handle.read(6)
 
 
 def _decode_text(payload: bytes) -> str:
