@@ -56,11 +56,12 @@ class EmbedOptions:
     progress: bool = False
 
 
-def setup_stages(stages: list[ProcessingStage], worker: WorkerMetadata) -> None:
-    """Call ``setup_on_node`` then ``setup`` on every stage, once for the run."""
+def setup_stages(stages: list[ProcessingStage], worker: WorkerMetadata, on_node: bool = True) -> None:
+    """Call ``setup_on_node`` (unless another worker on this machine did) then ``setup`` on every stage."""
     for stage in stages:
         try:
-            stage.setup_on_node(NodeInfo(), worker)
+            if on_node:
+                stage.setup_on_node(NodeInfo(), worker)
             stage.setup(worker)
         except Exception as exc:
             log.exception("setup of stage %s failed", stage.name)
@@ -148,16 +149,23 @@ def _progress_bar(enabled: bool, shards: int):
                 desc="embedding", postfix=f"shards 0/{shards}")
 
 
-def run_local(shards: list[Shard], stages: list[ProcessingStage], options: EmbedOptions) -> RunSummary:
-    """Embed every shard not already done; a failing shard is reported and the others go on.
+@dataclass
+class RunPlan:
+    """What a run will do: the shards left to embed, where each goes, and the config they are made with."""
 
-    The caller holds the output lock. Ctrl-C/SIGTERM (as KeyboardInterrupt/SystemExit) discard the
-    shards in progress and keep the finished ones.
-    """
+    shards: list[Shard]
+    todo: list[Shard]
+    targets: dict[Shard, Path]
+    decode: DecodeOptions
+    config: dict
+    summary: RunSummary
+
+
+def plan_run(shards: list[Shard], stages: list[ProcessingStage], options: EmbedOptions) -> RunPlan:
+    """Decide decode settings and which shards are already done; clear what a killed run left."""
     from curator_cli.decode import DEFAULT_MAX_PIXELS
 
     summary = RunSummary(output_dir=str(options.output_dir), shards_total=len(shards))
-    started = time.perf_counter()
     targets = output_paths(shards, options.output_dir)
     min_side, crop = decode_request(stages, options.decode_size)
     decode = DecodeOptions(max_pixels=options.max_pixels or DEFAULT_MAX_PIXELS, min_side=min_side, crop=crop)
@@ -167,109 +175,177 @@ def run_local(shards: list[Shard], stages: list[ProcessingStage], options: Embed
     summary.decode_min_side = min_side
     clean_stale_temporaries(options.output_dir)
     (options.output_dir / SUCCESS_FILE).unlink(missing_ok=True)
+    return RunPlan(shards, todo, targets, decode, config, summary)
 
-    layout = OutputLayout(embedding_dtype=options.embedding_dtype, declared_scores=declared_scores(stages))
-    context = StageContext(device=options.device, precision=options.precision)
-    worker = WorkerMetadata(worker_id="local-0", device=options.device,
-                            extra={"precision": options.precision, "decode_size": min_side})
-    if todo:
-        _embed(todo, stages, options, decode, config, targets, layout, context, worker, summary)
-    summary.embedding_dim = layout.dim
-    summary.stage_batch_size = context.max_images or options.batch_size
+
+def finish_run(plan: RunPlan, outcomes: dict[str, ShardOutcome], started: float) -> RunSummary:
+    """Fold per-shard outcomes into the summary; write ``_SUCCESS`` when every shard is done."""
+    summary = plan.summary
+    for shard in plan.todo:
+        outcome = outcomes.get(shard.name)
+        if outcome is None:
+            continue  # never started (--on-error fail stopped the run first)
+        if outcome.error is None:
+            summary.shards_written += 1
+            summary.images += outcome.rows
+            summary.images_failed += outcome.failed_rows
+        else:
+            summary.shards_failed.append(ShardFailure(shard.name, outcome.error))
     summary.seconds = time.perf_counter() - started
-    if not summary.shards_failed and summary.shards_written + summary.shards_skipped == len(shards):
-        write_success(options.output_dir, summary.to_dict())
+    if not summary.shards_failed and summary.shards_written + summary.shards_skipped == summary.shards_total:
+        write_success(Path(summary.output_dir), summary.to_dict())
     return summary
 
 
-def _embed(todo, stages, options, decode, config, targets, layout, context, worker, summary) -> None:
-    workers = max(1, options.num_workers)
-    chunk = max(1, min(32, options.batch_size // (2 * workers)))
-    decoder = make_decoder(options, decode)
-    writer = BackgroundWriter(layout)
-    feeder = Feeder(todo, options.read, decoder, options.batch_size, chunk, prefetch=2)
-    bar = _progress_bar(options.progress, len(todo))
-    counts: dict[str, tuple[int, int]] = {}  # shard -> (rows, failed rows)
-    failed: dict[str, str] = {}
-    finished = 0
-    clean_exit = False
-    try:
-        setup_stages(stages, worker)
-        for event in _timed(feeder, summary):
-            if isinstance(event, FeederCrashed):
-                raise event.error
+def run_local(shards: list[Shard], stages: list[ProcessingStage], options: EmbedOptions) -> RunSummary:
+    """Embed every shard not already done, in this process; a failing shard is reported and the others go on.
+
+    The caller holds the output lock. Ctrl-C/SIGTERM (as exceptions) discard the shards in progress
+    and keep the finished ones.
+    """
+    started = time.perf_counter()
+    plan = plan_run(shards, stages, options)
+    outcomes: dict[str, ShardOutcome] = {}
+    if plan.todo:
+        worker = WorkerMetadata(worker_id="local-0", device=options.device,
+                                extra={"precision": options.precision, "decode_size": plan.decode.min_side})
+        processor = ShardProcessor(stages, options, plan.decode, plan.config, worker)
+        bar = _progress_bar(options.progress, len(plan.todo))
+        try:
+            processor.setup()
+            outcomes = processor.run(plan.todo, plan.targets, bar)
+        finally:
+            bar.close()
+            processor.teardown()
+        plan.summary.merge_stats(processor.stats)
+    return finish_run(plan, outcomes, started)
+
+
+@dataclass
+class ShardOutcome:
+    """How one shard ended: written with ``rows`` rows (``failed_rows`` of them with an error), or failed."""
+
+    rows: int = 0
+    failed_rows: int = 0
+    error: str | None = None
+
+
+class ShardProcessor:
+    """The pipeline for shards in one process: decode workers, the stages, the writer thread.
+
+    The local executor runs one over every shard; each Ray actor runs one over the shards it is given.
+    """
+
+    def __init__(self, stages: list[ProcessingStage], options: EmbedOptions, decode: DecodeOptions,
+                 config: dict, worker: WorkerMetadata) -> None:
+        self.stages = stages
+        self.options = options
+        self.decode = decode
+        self.config = config
+        self.worker = worker
+        self.layout = OutputLayout(embedding_dtype=options.embedding_dtype, declared_scores=declared_scores(stages))
+        self.context = StageContext(device=options.device, precision=options.precision)
+        self.stats = RunSummary(output_dir=str(options.output_dir))
+
+    def setup(self, on_node: bool = True) -> None:
+        setup_stages(self.stages, self.worker, on_node)
+
+    def teardown(self) -> None:
+        teardown_stages(self.stages)
+
+    def run(self, shards: list[Shard], targets: dict[Shard, Path], bar=None) -> dict[str, ShardOutcome]:
+        """Embed ``shards``; returns each shard's outcome. A failing shard does not stop the others
+        (unless ``--on-error fail``); an exception (interrupt, bug) discards the shards in progress."""
+        options, stats = self.options, self.stats
+        workers = max(1, options.num_workers)
+        chunk = max(1, min(32, options.batch_size // (2 * workers)))
+        decoder = make_decoder(options, self.decode)
+        writer = BackgroundWriter(self.layout)
+        feeder = Feeder(shards, options.read, decoder, options.batch_size, chunk, prefetch=2)
+        counts: dict[str, list[int]] = {}
+        failed: dict[str, str] = {}
+        finished = 0
+        clean_exit = False
+        try:
+            for event in _timed(feeder, stats):
+                if isinstance(event, FeederCrashed):
+                    raise event.error
+                key = event.shard.name
+                if isinstance(event, ShardOpened):
+                    writer.open(key, targets[event.shard], event.passthrough_fields)
+                    counts[key] = [0, 0]
+                elif isinstance(event, BatchReady):
+                    if key in failed:
+                        continue
+                    try:
+                        rows = self._run_batch(event)
+                    except StageFailure as exc:
+                        log.error("shard %s: %s", key, exc, exc_info=exc.error)
+                        failed[key] = str(exc)
+                        writer.abort(key, str(exc))
+                        _report_failure(bar, key, str(exc))
+                        if options.on_error == "fail":
+                            break
+                        continue
+                    writer.write(key, rows)
+                    counts[key][0] += len(rows)
+                    for r in rows:
+                        if r.error:
+                            counts[key][1] += 1
+                            stats.count_error(r.error)
+                    if bar is not None:
+                        bar.update(len(rows))
+                elif isinstance(event, ShardFinished):
+                    stats.seconds_read += event.read_seconds
+                    finished += 1
+                    if bar is not None:
+                        bar.set_postfix_str(f"shards {finished}/{len(shards)}")
+                    if key in failed:
+                        continue
+                    reason = event.error or (None if event.samples else "empty shard: no samples")
+                    if reason:
+                        failed[key] = reason
+                        writer.abort(key, reason)
+                        _report_failure(bar, key, reason)
+                        if options.on_error == "fail":
+                            break
+                        continue
+                    rows, bad = counts.get(key, [0, 0])
+                    writer.commit(key, Manifest(input=key, input_identity=input_identity(event.shard.path),
+                                                config=self.config, rows=rows, failed_rows=bad))
+            clean_exit = True
+        finally:
+            feeder.stop()
+            written = writer.close(discard=not clean_exit)
+            decoder.close()
+            stats.seconds_write += writer.busy_seconds
+            stats.decode_workers_replaced += decoder.replaced_workers
+            stats.embedding_dim = self.layout.dim
+            stats.stage_batch_size = self.context.max_images or options.batch_size
+        outcomes: dict[str, ShardOutcome] = {}
+        for shard in shards:
+            key = shard.name
+            if key in failed:
+                outcomes[key] = ShardOutcome(error=failed[key])
+            elif key in written:
+                if written[key].error is not None:
+                    _report_failure(bar, key, written[key].error)
+                rows, bad = counts.get(key, [0, 0])
+                outcomes[key] = ShardOutcome(rows, bad, written[key].error)
+        return outcomes
+
+    def _run_batch(self, event: BatchReady) -> list:
+        stats = self.stats
+        t0 = time.perf_counter()
+        decoded = event.resolve()
+        stats.seconds_wait_input += time.perf_counter() - t0
+        stats.seconds_decode += decoded.decode_seconds
+        t0 = time.perf_counter()
+        try:
             key = event.shard.name
-            if isinstance(event, ShardOpened):
-                writer.open(key, targets[event.shard], event.passthrough_fields)
-            elif isinstance(event, BatchReady):
-                if key in failed:
-                    continue
-                t0 = time.perf_counter()
-                decoded = event.resolve()
-                summary.seconds_wait_input += time.perf_counter() - t0
-                summary.seconds_decode += decoded.decode_seconds
-                t0 = time.perf_counter()
-                try:
-                    rows = run_stages(stages, decoded, key, f"{key}:{event.index}", layout, context)
-                except StageFailure as exc:
-                    log.error("shard %s: %s", key, exc, exc_info=exc.error)
-                    failed[key] = str(exc)
-                    writer.abort(key, str(exc))
-                    _report_failure(bar, key, str(exc))
-                    if options.on_error == "fail":
-                        break
-                    continue
-                finally:
-                    summary.seconds_stages += time.perf_counter() - t0
-                writer.write(key, rows)
-                bad = sum(1 for r in rows if r.error)
-                n, f = counts.get(key, (0, 0))
-                counts[key] = (n + len(rows), f + bad)
-                for r in rows:
-                    if r.error:
-                        summary.count_error(r.error)
-                bar.update(len(rows))
-            elif isinstance(event, ShardFinished):
-                summary.seconds_read += event.read_seconds
-                finished += 1
-                bar.set_postfix_str(f"shards {finished}/{len(todo)}")
-                if key in failed:
-                    continue
-                reason = event.error or (None if event.samples else "empty shard: no samples")
-                if reason:
-                    failed[key] = reason
-                    writer.abort(key, reason)
-                    _report_failure(bar, key, reason)
-                    if options.on_error == "fail":
-                        break
-                    continue
-                rows, bad = counts.get(key, (0, 0))
-                writer.commit(key, Manifest(input=key, input_identity=input_identity(event.shard.path),
-                                            config=config, rows=rows, failed_rows=bad))
-        clean_exit = True
-    finally:
-        feeder.stop()
-        outcomes = writer.close(discard=not clean_exit)
-        decoder.close()
-        bar.close()
-        teardown_stages(stages)
-        summary.seconds_write += writer.busy_seconds
-        summary.decode_workers_replaced = decoder.replaced_workers
-    for shard in todo:
-        key = shard.name
-        outcome = outcomes.get(key)
-        if key in failed:
-            summary.shards_failed.append(ShardFailure(key, failed[key]))
-        elif outcome is not None and outcome.error is None:
-            summary.shards_written += 1
-            rows, bad = counts.get(key, (0, 0))
-            summary.images += rows
-            summary.images_failed += bad
-        elif outcome is not None:
-            summary.shards_failed.append(ShardFailure(key, outcome.error))
-            _report_failure(None, key, outcome.error)
-        elif options.on_error != "fail":
-            summary.shards_failed.append(ShardFailure(key, "not processed"))
+            return run_stages(self.stages, decoded, key, f"{key}:{event.index}", self.layout, self.context)
+        finally:
+            stats.seconds_stages += time.perf_counter() - t0
 
 
 def _report_failure(bar, shard: str, reason: str) -> None:

@@ -40,6 +40,17 @@ class RunSummary:
     def images_per_second(self) -> float:
         return self.images / self.seconds if self.seconds > 0 else 0.0
 
+    def merge_stats(self, other: RunSummary) -> None:
+        """Add another worker's time split, error kinds and settings learned (dimension, batch size)."""
+        for name in ("seconds_read", "seconds_decode", "seconds_wait_input", "seconds_stages", "seconds_write"):
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+        self.decode_workers_replaced += other.decode_workers_replaced
+        for kind, count in other.errors_by_kind.items():
+            self.errors_by_kind[kind] = self.errors_by_kind.get(kind, 0) + count
+        self.embedding_dim = self.embedding_dim or other.embedding_dim
+        if other.stage_batch_size:
+            self.stage_batch_size = min(self.stage_batch_size or other.stage_batch_size, other.stage_batch_size)
+
     def count_error(self, error: str) -> None:
         kind = error.split(":")[0].split("(")[0].strip()
         self.errors_by_kind[kind] = self.errors_by_kind.get(kind, 0) + 1
