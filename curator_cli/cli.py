@@ -91,6 +91,12 @@ def _setup_logging(log_file: Path | None, quiet: bool) -> None:
               help="On a failing shard: go on with the others, or stop.")
 @click.option("--overwrite", is_flag=True,
               help="Redo every shard, even those a previous run finished.")
+@click.option("--executor", type=click.Choice(["local", "ray"]), default="local", show_default=True,
+              help="local: this machine; ray: a pool of Ray actors (pip install 'curator-cli[ray]').")
+@click.option("--ray-address", default=None, metavar="ADDRESS",
+              help="Ray cluster to join (default: RAY_ADDRESS if set, else a local Ray for this run).")
+@click.option("--num-actors", type=click.IntRange(min=1), default=None,
+              help="With --executor ray: at most this many actors (default: as many as the resources allow).")
 @click.option("--summary-json", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Also write the end-of-run summary as JSON here.")
 @click.option("--log-file", type=click.Path(dir_okay=False, path_type=Path), default=None,
@@ -98,7 +104,7 @@ def _setup_logging(log_file: Path | None, quiet: bool) -> None:
 @click.option("-q", "--quiet", is_flag=True, help="Print nothing but errors.")
 def embed(inputs, output, stage_specs, stage_args, batch_size, device, image_ext, image_column, id_column,
           num_workers, decode_mode, decode_size, decode_timeout, precision, embedding_dtype, max_pixels,
-          on_error, overwrite, summary_json, log_file, quiet) -> None:
+          on_error, overwrite, executor, ray_address, num_actors, summary_json, log_file, quiet) -> None:
     """Compute embeddings for every image in INPUT... and write one parquet file per shard.
 
     INPUT is any mix of .tar shards, .parquet files, directories (searched recursively; a
@@ -161,10 +167,23 @@ def embed(inputs, output, stage_specs, stage_args, batch_size, device, image_ext
         overwrite=overwrite,
         progress=not quiet and sys.stderr.isatty(),
     )
+    if executor == "ray":
+        from curator_cli.ray_executor import RayUnavailable, import_ray
+
+        try:
+            import_ray()
+        except RayUnavailable as exc:
+            raise UsageError(str(exc)) from None
     lock = OutputLock(output)
     try:
         with _signals_as_exit(), lock:
-            summary = run_local(shards, stages, options)
+            if executor == "ray":
+                from curator_cli.ray_executor import run_ray
+
+                summary = run_ray(shards, list(stage_specs) or [DEFAULT_STAGE], list(stage_args), stages, options,
+                                  ray_address, num_actors)
+            else:
+                summary = run_local(shards, stages, options)
     except (LockedError, ConfigMismatchError) as exc:
         raise UsageError(str(exc)) from None
     except StageSetupError as exc:

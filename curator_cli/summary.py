@@ -35,6 +35,7 @@ class RunSummary:
     seconds_stages: float = 0.0
     seconds_write: float = 0.0
     errors_by_kind: dict[str, int] = field(default_factory=dict)
+    workers: list[dict] = field(default_factory=list)  # per Ray actor: shards, images, images/s
 
     @property
     def images_per_second(self) -> float:
