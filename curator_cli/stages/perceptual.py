@@ -7,6 +7,9 @@ moves least) plus a 4 x 4 colour layout in YCbCr, L2-normalised: 303 dims. Cosin
 of two such vectors is high for the same picture resized, recompressed, lightly cropped or
 colour-shifted, which makes it a good key for exact and near-duplicate detection. It knows nothing
 about semantics: two different photos of cats are no closer than a cat and a car.
+
+It runs on the run's device, in float32 whatever ``--precision`` says (its arithmetic is tiny),
+and needs no more than 64 pixels on an image's shorter side (``decode_size``).
 """
 
 from __future__ import annotations
