@@ -139,3 +139,15 @@ def test_bf16_precision_runs_under_autocast_and_stays_close_to_fp32():
     assert results["bf16"].dtype == np.float32
     cosine = (results["fp32"] * results["bf16"]).sum(axis=1)
     assert cosine.min() > 0.98 and not np.array_equal(results["fp32"], results["bf16"])
+
+
+def test_images_given_as_tensors_embed_like_arrays():
+    """With --decode gpu the runner may hand stages H x W x 3 uint8 tensors instead of numpy arrays."""
+    rng = np.random.default_rng(1)
+    images = [rng.integers(0, 256, shape, dtype=np.uint8) for shape in ((60, 80, 3), (60, 80, 3), (90, 50, 3))]
+    stage = TorchvisionEmbeddingStage(model="resnet18", weights="none")
+    stage.setup(WorkerMetadata(device="cpu"))
+    as_arrays = stage.process(ImageBatch(data=[ImageObject(image_data=img) for img in images]))
+    as_tensors = stage.process(ImageBatch(data=[ImageObject(image_data=torch.from_numpy(img)) for img in images]))
+    for a, b in zip(as_arrays.data, as_tensors.data):
+        assert np.allclose(a.embedding, b.embedding, atol=1e-6)

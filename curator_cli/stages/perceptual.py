@@ -83,7 +83,11 @@ class PerceptualEmbeddingStage(ProcessingStage[ImageBatch, ImageBatch]):
         for index, image in enumerate(images):
             groups.setdefault(tuple(image.shape), []).append(index)
         for indices in groups.values():
-            pixels = torch.from_numpy(np.stack([images[i] for i in indices])).to(self._device)
+            group = [images[i] for i in indices]
+            if isinstance(group[0], torch.Tensor):  # already a tensor, e.g. decoded on the GPU
+                pixels = torch.stack(group).to(self._device)
+            else:
+                pixels = torch.from_numpy(np.stack(group)).to(self._device)
             x = pixels.permute(0, 3, 1, 2).float().div_(255.0)
             out[indices] = F.adaptive_avg_pool2d(x, (THUMB, THUMB))
         return out.permute(0, 2, 3, 1)

@@ -49,7 +49,7 @@ class Preprocess:
         return (self.resize_size, new_long) if height <= width else (new_long, self.resize_size)
 
     def __call__(self, images: Sequence[np.ndarray], device: Any) -> Any:  # -> torch.Tensor
-        """H x W x 3 uint8 arrays -> normalised float32 tensor (N, 3, crop, crop) on ``device``."""
+        """H x W x 3 uint8 arrays (or tensors) -> normalised float32 tensor (N, 3, crop, crop) on ``device``."""
         import torch
         import torch.nn.functional as F
 
@@ -60,10 +60,15 @@ class Preprocess:
             groups.setdefault(tuple(image.shape), []).append(index)
         pin = device.type == "cuda"
         for (height, width, _), indices in groups.items():
-            pixels = torch.from_numpy(np.stack([images[i] for i in indices]))
-            if pin:
-                pixels = pixels.pin_memory()
-            x = pixels.to(device, non_blocking=pin).permute(0, 3, 1, 2).float().div_(255.0)
+            group = [images[i] for i in indices]
+            if isinstance(group[0], torch.Tensor):  # already a tensor, e.g. decoded on the GPU
+                pixels = torch.stack(group).to(device)
+            else:
+                pixels = torch.from_numpy(np.stack(group))
+                if pin:
+                    pixels = pixels.pin_memory()
+                pixels = pixels.to(device, non_blocking=pin)
+            x = pixels.permute(0, 3, 1, 2).float().div_(255.0)
             new_h, new_w = self._resized_shape(height, width)
             if (new_h, new_w) != (height, width):
                 x = F.interpolate(x, size=(new_h, new_w), mode=self.interpolation, antialias=True, align_corners=False)
