@@ -140,3 +140,11 @@ def test_head_layers_run_in_natural_order_and_must_chain():
         head_layers({"a.weight": torch.zeros(4, 8), "b.weight": torch.zeros(1, 5)}, "h")
     with pytest.raises(ValueError, match="not linear layers: norm.weight"):
         head_layers({"a.weight": torch.zeros(1, 8), "norm.weight": torch.zeros(8)}, "h")
+
+
+def test_clip_declares_its_input_size_before_setup():
+    pytest.importorskip("open_clip")
+    from curator_cli.stages.clip_embedding import ClipEmbeddingStage
+
+    assert ClipEmbeddingStage().decode_size == 224
+    assert ClipEmbeddingStage(model="ViT-L-14-336").decode_size == 336

@@ -100,6 +100,13 @@ class ClipEmbeddingStage(ProcessingStage[ImageBatch, ImageBatch]):
         if choice.lower() != "none" and looks_like_path(choice) and not Path(choice).expanduser().is_file():
             raise ValueError(f"checkpoint file {choice!r} not found")
         self._visual = None
+        try:  # the input size, so the runner can decode small before setup() loads the model
+            import open_clip
+
+            config = open_clip.get_model_config(self.model) or {}
+            self.decode_size = _size(config.get("vision_cfg", {}).get("image_size", 224))
+        except ImportError:
+            pass  # setup() says which extra to install
 
     def outputs(self) -> tuple[list[str], list[str]]:
         return ["data"], ["embedding"]
