@@ -270,5 +270,30 @@ def show(output_dir, rows) -> None:
     click.echo(text)
 
 
+@main.command()
+@click.argument("name", required=False, metavar="[NAME]")
+def stages(name) -> None:
+    """List the stages --stage can name, with a one-line description and their arguments.
+
+    NAME (a registered name, module:Class or path/to/file.py:Class) shows one stage in full.
+
+    \b
+    Examples:
+      curator stages
+      curator stages torchvision
+    """
+    from curator_cli.discovery import find_stage, format_list, format_one, list_stages
+    from curator_cli.stage_loader import StageSpecError
+
+    if name is None:
+        click.echo(format_list(list_stages()))
+        return
+    try:
+        info = find_stage(name)
+    except StageSpecError as exc:
+        raise UsageError(str(exc)) from None
+    click.echo(format_one(info))
+
+
 if __name__ == "__main__":
     main()
