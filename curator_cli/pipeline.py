@@ -39,6 +39,7 @@ class StageContext:
     device: str = "cpu"
     precision: str = "fp32"
     max_images: int | None = None
+    squares: bool = False  # the decoders cut exact squares: stages with process_tensors get tensors
 
 
 # --------------------------------------------------------------------------- decode size
@@ -116,7 +117,7 @@ def _autocast(stage: ProcessingStage, context: StageContext):
 
 def _call_stage(stage: ProcessingStage, tasks: list[ImageBatch], context: StageContext) -> list[ImageBatch]:
     with _autocast(stage, context):
-        if not uses_tensors(stage):
+        if not (context.squares and uses_tensors(stage)):
             return stage.process_batch(tasks)
         results: list[ImageBatch] = []
         size = int(getattr(stage, "decode_size", None) or 224)

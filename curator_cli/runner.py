@@ -244,7 +244,7 @@ class ShardProcessor:
         self.config = config
         self.worker = worker
         self.layout = OutputLayout(embedding_dtype=options.embedding_dtype, declared_scores=declared_scores(stages))
-        self.context = StageContext(device=options.device, precision=options.precision)
+        self.context = StageContext(device=options.device, precision=options.precision, squares=decode.crop)
         self.stats = RunSummary(output_dir=str(options.output_dir))
 
     def setup(self, on_node: bool = True) -> None:

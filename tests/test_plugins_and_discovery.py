@@ -22,15 +22,24 @@ def test_custom_embedding_plugin_matches_the_builtin_torchvision_stage(cli, tmp_
     torch.save(torchvision.models.resnet18(weights=None).state_dict(), tmp_path / "resnet18.pth")
     shard = img2dataset_tar(tmp_path / "s.tar", 3)
     result = cli("embed", shard, "-o", tmp_path / "plugin", "--stage", f"{PLUGINS / 'custom_embedding.py'}:MyCustomEmbeddingStage",
-                 "--stage-arg", f"model_path={tmp_path / 'resnet18.pth'}", "--stage-arg", "batch_size=2")
+                 "--stage-arg", f"model_path={tmp_path / 'resnet18.pth'}", "--stage-arg", "batch_size=2",
+                 "--precision", "fp32")  # bf16 results depend on each stage's op order
     assert result.exit_code == 0, result.output
     plugin = read_output(tmp_path / "plugin" / "s.parquet")
     assert embeddings(plugin).shape == (3, 512) and np.allclose(unit_norms(plugin), 1.0, atol=1e-5)
 
-    result = cli("embed", shard, "-o", tmp_path / "builtin", "--stage", "torchvision", "--stage-arg", "model=resnet18",
-                 "--stage-arg", f"weights={tmp_path / 'resnet18.pth'}")
+    builtin = ["--stage", "torchvision", "--stage-arg", "model=resnet18", "--stage-arg", f"weights={tmp_path / 'resnet18.pth'}",
+               "--precision", "fp32"]
+    result = cli("embed", shard, "-o", tmp_path / "builtin", *builtin, "--decode-size", "full")  # the list path
     assert result.exit_code == 0, result.output
-    assert np.allclose(embeddings(plugin), embeddings(read_output(tmp_path / "builtin" / "s.parquet")), atol=1e-5)
+    listed = embeddings(read_output(tmp_path / "builtin" / "s.parquet"))
+    assert np.allclose(embeddings(plugin), listed, atol=1e-5)
+
+    # at its defaults the built-in stage takes the tensor fast path (decoders resize and crop): nearly the same
+    result = cli("embed", shard, "-o", tmp_path / "fast", *builtin)
+    assert result.exit_code == 0, result.output
+    fast = embeddings(read_output(tmp_path / "fast" / "s.parquet"))
+    assert (np.sum(fast * listed, axis=1) > 0.999).all()
 
 
 def test_timm_backbone_plugin_random_init_and_checkpoint(cli, tmp_path):

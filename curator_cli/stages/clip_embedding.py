@@ -105,6 +105,8 @@ class ClipEmbeddingStage(ProcessingStage[ImageBatch, ImageBatch]):
 
             config = open_clip.get_model_config(self.model) or {}
             self.decode_size = _size(config.get("vision_cfg", {}).get("image_size", 224))
+            if (config.get("preprocess_cfg") or {}).get("resize_mode") == "squash":
+                self.process_tensors = None  # squashing the whole image is not a centre square: list path
         except ImportError:
             pass  # setup() says which extra to install
 
@@ -167,13 +169,20 @@ class ClipEmbeddingStage(ProcessingStage[ImageBatch, ImageBatch]):
             torch.cuda.empty_cache()
 
     def process(self, task: ImageBatch) -> ImageBatch:
+        return self._embed(task, [obj.image_data for obj in task.data])
+
+    def process_tensors(self, pixels: Any, task: ImageBatch) -> ImageBatch:
+        """Tensor fast path: the decoders already cut ``decode_size`` squares (N x 3 x S x S uint8)."""
+        return self._embed(task, list(pixels.permute(0, 2, 3, 1)))
+
+    def _embed(self, task: ImageBatch, images: list[Any]) -> ImageBatch:
         import torch.nn.functional as F
 
         if self._visual is None:
             raise RuntimeError(f"stage {self.name!r} used before setup()")
         for start in range(0, len(task.data), self.batch_size):
             chunk = task.data[start:start + self.batch_size]
-            pixels = self._preprocess([obj.image_data for obj in chunk], self._device)
+            pixels = self._preprocess(images[start:start + self.batch_size], self._device)
             with autocast(self._device, self._precision):
                 features = self._visual(pixels)
             if isinstance(features, (tuple, list)):  # towers that also return tokens

@@ -190,13 +190,20 @@ class TorchvisionEmbeddingStage(ProcessingStage[ImageBatch, ImageBatch]):
             torch.cuda.empty_cache()
 
     def process(self, task: ImageBatch) -> ImageBatch:
+        return self._embed(task, [obj.image_data for obj in task.data])
+
+    def process_tensors(self, pixels: Any, task: ImageBatch) -> ImageBatch:
+        """Tensor fast path: the decoders already cut ``decode_size`` squares (N x 3 x S x S uint8)."""
+        return self._embed(task, list(pixels.permute(0, 2, 3, 1)))
+
+    def _embed(self, task: ImageBatch, images: list[Any]) -> ImageBatch:
         import torch.nn.functional as F
 
         if self._net is None:
             raise RuntimeError(f"stage {self.name!r} used before setup()")
         for start in range(0, len(task.data), self.batch_size):
             chunk = task.data[start:start + self.batch_size]
-            pixels = self._preprocess([obj.image_data for obj in chunk], self._device)
+            pixels = self._preprocess(images[start:start + self.batch_size], self._device)
             with autocast(self._device, self._precision):
                 features = self._net(pixels)
             features = features.float().flatten(1)
