@@ -155,6 +155,24 @@ def _worker_main(conn: Connection, options: DecodeOptions, shm_prefix: str | Non
             conn.send((key, start + offset, value, time.perf_counter() - t0))
 
 
+class Decoder:
+    """What the feeder needs of a decoder: ``submit`` a list of encoded images, get a :class:`DecodeJob`."""
+
+    replaced_workers = 0
+
+    def submit(self, payloads: Sequence[bytes | None]) -> DecodeJob:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        pass
+
+    def __enter__(self) -> Decoder:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
 class _Worker:
     def __init__(self, ctx: Any, options: DecodeOptions, shm_prefix: str | None) -> None:
         self.conn, child = ctx.Pipe(duplex=True)
@@ -182,7 +200,7 @@ class _Worker:
         self.conn.close()
 
 
-class DecodePool:
+class DecodePool(Decoder):
     """``workers`` decode processes fed from a queue of jobs; a background thread routes results."""
 
     def __init__(self, workers: int, options: DecodeOptions, timeout_s: float = 60.0) -> None:
@@ -323,19 +341,12 @@ class DecodePool:
                 except OSError:
                     pass
 
-    def __enter__(self) -> DecodePool:
-        return self
 
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-
-class InlineDecoder:
-    """``--num-workers 0``: decode in the calling thread (no timeout protection); same interface as the pool."""
+class InlineDecoder(Decoder):
+    """``--num-workers 0``: decode in the calling thread (no timeout protection)."""
 
     def __init__(self, options: DecodeOptions) -> None:
         self.options = options
-        self.replaced_workers = 0
         Image.MAX_IMAGE_PIXELS = options.max_pixels
 
     def submit(self, payloads: Sequence[bytes | None]) -> DecodeJob:
@@ -346,12 +357,3 @@ class InlineDecoder:
             job.decode_seconds += time.perf_counter() - t0
         job._finish()
         return job
-
-    def close(self) -> None:
-        pass
-
-    def __enter__(self) -> InlineDecoder:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()

@@ -12,7 +12,7 @@ from typing import Any
 from PIL import Image
 
 from curator_cli.decode import DecodeOptions
-from curator_cli.decode_pool import DecodeJob, decode_one
+from curator_cli.decode_pool import DecodeJob, Decoder, decode_one
 
 JPEG_MAGIC = b"\xff\xd8\xff"
 
@@ -29,10 +29,8 @@ def _header_size(data: bytes) -> tuple[int, int] | None:
         return None
 
 
-class GpuDecoder:
-    """Decodes each submitted chunk as one nvJPEG batch on ``device``; same interface as the CPU pool."""
-
-    replaced_workers = 0
+class GpuDecoder(Decoder):
+    """Decodes each submitted chunk as one nvJPEG batch on ``device``."""
 
     def __init__(self, options: DecodeOptions, device: str) -> None:
         import torch
@@ -106,12 +104,3 @@ class GpuDecoder:
         job.decode_seconds = time.perf_counter() - t0
         job._finish()
         return job
-
-    def close(self) -> None:
-        pass
-
-    def __enter__(self) -> GpuDecoder:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()

@@ -26,9 +26,10 @@ from pathlib import Path
 from typing import Any
 
 from curator_cli.stages.base import ProcessingStage
+from curator_cli.stages.model_stage import ModelEmbeddingMixin
 from curator_cli.stages.checkpoints import looks_like_path
 from curator_cli.stages.preprocess import Preprocess
-from curator_cli.stages.runtime import autocast, stage_device, stage_precision
+from curator_cli.stages.runtime import stage_device, stage_precision
 from curator_cli.tasks import ImageBatch
 from curator_cli.workers import WorkerMetadata
 
@@ -84,7 +85,7 @@ def preprocess_of(visual: Any) -> Preprocess:
 
 
 @dataclass
-class ClipEmbeddingStage(ProcessingStage[ImageBatch, ImageBatch]):
+class ClipEmbeddingStage(ModelEmbeddingMixin, ProcessingStage[ImageBatch, ImageBatch]):
     """CLIP image embeddings (open_clip), L2-normalised; needs the extra curator-cli[clip]."""
 
     model: str = "ViT-B-32"
@@ -168,26 +169,9 @@ class ClipEmbeddingStage(ProcessingStage[ImageBatch, ImageBatch]):
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
 
-    def process(self, task: ImageBatch) -> ImageBatch:
-        return self._embed(task, [obj.image_data for obj in task.data])
+    def _ready(self) -> bool:
+        return self._visual is not None
 
-    def process_tensors(self, pixels: Any, task: ImageBatch) -> ImageBatch:
-        """Tensor fast path: the decoders already cut ``decode_size`` squares (N x 3 x S x S uint8)."""
-        return self._embed(task, list(pixels.permute(0, 2, 3, 1)))
-
-    def _embed(self, task: ImageBatch, images: list[Any]) -> ImageBatch:
-        import torch.nn.functional as F
-
-        if self._visual is None:
-            raise RuntimeError(f"stage {self.name!r} used before setup()")
-        for start in range(0, len(task.data), self.batch_size):
-            chunk = task.data[start:start + self.batch_size]
-            pixels = self._preprocess(images[start:start + self.batch_size], self._device)
-            with autocast(self._device, self._precision):
-                features = self._visual(pixels)
-            if isinstance(features, (tuple, list)):  # towers that also return tokens
-                features = features[0]
-            features = F.normalize(features.float(), dim=1)
-            for obj, vector in zip(chunk, features.cpu().numpy()):
-                obj.embedding = vector
-        return task
+    def _features(self, pixels: Any) -> Any:
+        features = self._visual(pixels)
+        return features[0] if isinstance(features, (tuple, list)) else features  # towers that also return tokens

@@ -24,9 +24,10 @@ from pathlib import Path
 from typing import Any
 
 from curator_cli.stages.base import ProcessingStage
+from curator_cli.stages.model_stage import ModelEmbeddingMixin
 from curator_cli.stages.checkpoints import load_state_dict, looks_like_path
 from curator_cli.stages.preprocess import Preprocess
-from curator_cli.stages.runtime import autocast, stage_device, stage_precision
+from curator_cli.stages.runtime import stage_device, stage_precision
 from curator_cli.tasks import ImageBatch
 from curator_cli.workers import WorkerMetadata
 
@@ -113,7 +114,7 @@ def _load_local(net: Any, path: str, head_prefix: str, model: str) -> None:
 
 
 @dataclass
-class TorchvisionEmbeddingStage(ProcessingStage[ImageBatch, ImageBatch]):
+class TorchvisionEmbeddingStage(ModelEmbeddingMixin, ProcessingStage[ImageBatch, ImageBatch]):
     """Features of a torchvision classification model (resnet50, vit_b_16, ...) with its classifier removed."""
 
     model: str = "resnet50"
@@ -189,26 +190,8 @@ class TorchvisionEmbeddingStage(ProcessingStage[ImageBatch, ImageBatch]):
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
 
-    def process(self, task: ImageBatch) -> ImageBatch:
-        return self._embed(task, [obj.image_data for obj in task.data])
+    def _ready(self) -> bool:
+        return self._net is not None
 
-    def process_tensors(self, pixels: Any, task: ImageBatch) -> ImageBatch:
-        """Tensor fast path: the decoders already cut ``decode_size`` squares (N x 3 x S x S uint8)."""
-        return self._embed(task, list(pixels.permute(0, 2, 3, 1)))
-
-    def _embed(self, task: ImageBatch, images: list[Any]) -> ImageBatch:
-        import torch.nn.functional as F
-
-        if self._net is None:
-            raise RuntimeError(f"stage {self.name!r} used before setup()")
-        for start in range(0, len(task.data), self.batch_size):
-            chunk = task.data[start:start + self.batch_size]
-            pixels = self._preprocess(images[start:start + self.batch_size], self._device)
-            with autocast(self._device, self._precision):
-                features = self._net(pixels)
-            features = features.float().flatten(1)
-            if self.normalize:
-                features = F.normalize(features, dim=1)
-            for obj, vector in zip(chunk, features.cpu().numpy()):
-                obj.embedding = vector
-        return task
+    def _features(self, pixels: Any) -> Any:
+        return self._net(pixels)
