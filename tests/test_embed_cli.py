@@ -10,6 +10,7 @@ import textwrap
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.dataset  # noqa: F401  (pa.dataset)
 import pyarrow.parquet as pq
 import pytest
 
@@ -172,3 +173,25 @@ def test_console_script_quiet_prints_nothing(tmp_path):
                           capture_output=True, text=True)
     assert done.returncode == 0 and done.stdout == "" and done.stderr == ""
     assert pq.read_metadata(tmp_path / "out" / "s.parquet").num_rows == 2
+
+
+def test_output_reads_in_polars_and_duckdb_as_dedup_tools_expect(cli, tmp_path):
+    """image_id (string) + embedding (list of float32) is what NeMo Curator's semantic dedup and
+    embedding-reader consume; polars and duckdb read the files as they are."""
+    polars = pytest.importorskip("polars")
+    duckdb = pytest.importorskip("duckdb")
+    for s in range(2):
+        img2dataset_tar(tmp_path / "in" / f"{s:05d}.tar", 4, first_seed=10 * s)
+    assert cli("embed", tmp_path / "in", "-o", tmp_path / "out").exit_code == 0
+    pattern = str(tmp_path / "out" / "*.parquet")
+    frame = polars.read_parquet(pattern)
+    assert frame.height == 8 and frame.schema["image_id"] == polars.String
+    assert frame.schema["embedding"] == polars.Array(polars.Float32, 303)
+    dims = duckdb.sql(f"select distinct len(embedding) from read_parquet('{pattern}')").fetchall()
+    assert dims == [(303,)]
+    dedup_view = pa.dataset.dataset(str(tmp_path / "out"), format="parquet").to_table(columns=["image_id", "embedding"])
+    assert dedup_view.num_rows == 8 and pa.types.is_float32(dedup_view.schema.field("embedding").type.value_type)
+    # tar and parquet inputs give files with different passthrough columns: read them by column name
+    assert cli("embed", ROOT / "sample_data", "-o", tmp_path / "mixed").exit_code == 0
+    rows = duckdb.sql(f"select count(*) from read_parquet('{tmp_path / 'mixed'}/**/*.parquet', union_by_name=true)")
+    assert rows.fetchall() == [(14,)]
