@@ -1,0 +1,367 @@
+"""``make bench``: curator embed against the how-to loop and Ray Data, on the same shards and stages.
+
+Generates (or reuses) photo-like JPEG tar shards under ``bench/data/``, then runs, one after
+another and each in its own process: the single-core decode ceilings, each stage alone on
+pre-decoded batches, and for each stage (mean pixel, resnet18) the three systems, round-robin,
+``--repeats`` times (the median is reported). Last, ``curator embed`` on 4 and on 16 shards for
+peak memory. Every system's process tree is sampled for RSS every 50 ms.
+
+Prints a table and writes the same numbers to ``bench/results.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+BENCH_DIR = Path(__file__).resolve().parent
+ROOT = BENCH_DIR.parent
+sys.path.insert(0, str(BENCH_DIR))
+
+import psutil  # noqa: E402  (bench-only dependency)
+
+from datagen import DatasetSpec, ensure_dataset  # noqa: E402
+
+SYSTEMS = ("howto", "ray", "curator")
+SYSTEM_LABELS = {"howto": "how-to loop", "ray": "Ray Data", "curator": "curator embed"}
+SAMPLE_SECONDS = 0.05
+
+
+@dataclass
+class Plan:
+    """How much work each part does: shards per stage, repeats, images for the ceilings/model."""
+
+    spec: DatasetSpec = field(default_factory=DatasetSpec)
+    mean_shards: int = 8
+    resnet_shards: int = 2
+    memory_shards: tuple[int, int] = (4, 16)
+    repeats: int = 3
+    resnet_repeats: int = 1
+    ceiling_images: int = 300
+    model_images: int = 256
+
+
+QUICK = Plan(spec=DatasetSpec(shards=4, per_shard=40), mean_shards=2, resnet_shards=1, memory_shards=(1, 4),
+             repeats=1, resnet_repeats=1, ceiling_images=60, model_images=32)
+
+
+class TreeSampler:
+    """Samples the summed RSS of a process and all its descendants every ``interval`` seconds."""
+
+    def __init__(self, pid: int, interval: float = SAMPLE_SECONDS) -> None:
+        self.root = psutil.Process(pid)
+        self.interval = interval
+        self.peak = 0
+        self.samples = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+
+    def _total(self) -> int:
+        total = 0
+        try:
+            procs = [self.root, *self.root.children(recursive=True)]
+        except psutil.Error:
+            return 0
+        for proc in procs:
+            try:
+                total += proc.memory_info().rss
+            except psutil.Error:
+                pass
+        return total
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            self.peak = max(self.peak, self._total())
+            self.samples += 1
+            self._stop.wait(self.interval)
+
+    def __enter__(self) -> TreeSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def run_measured(cmd: list[str], log: Path) -> tuple[int, float, int]:
+    """Run ``cmd`` (output to ``log``); return exit code, wall seconds and peak tree RSS in bytes."""
+    log.parent.mkdir(parents=True, exist_ok=True)
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    with open(log, "w") as handle:
+        t0 = time.perf_counter()
+        proc = subprocess.Popen(cmd, stdout=handle, stderr=subprocess.STDOUT, cwd=ROOT, env=env)
+        with TreeSampler(proc.pid) as sampler:
+            code = proc.wait()
+        wall = time.perf_counter() - t0
+    return code, wall, sampler.peak
+
+
+def curator_bin() -> Path:
+    """The ``curator`` script of the environment running this benchmark."""
+    return Path(sys.executable).parent / "curator"
+
+
+class Bench:
+    """Runs the parts of the benchmark and collects their results."""
+
+    def __init__(self, plan: Plan, data_dir: Path) -> None:
+        self.plan = plan
+        self.data_dir = data_dir
+        self.runs_dir = data_dir / "runs"
+        self.logs_dir = data_dir / "logs"
+        self.shards: list[Path] = []
+
+    def system(self, system: str, stage: str, shards: list[Path], tag: str) -> dict[str, Any]:
+        """One run of ``system`` with ``stage`` on ``shards``: its own numbers plus wall time and peak RSS."""
+        work = self.runs_dir / tag
+        shutil.rmtree(work, ignore_errors=True)
+        work.mkdir(parents=True)
+        result_file = work / "result.json"
+        paths = [str(p) for p in shards]
+        if system == "curator":
+            stage_spec = f"{BENCH_DIR / 'stages.py'}:{'MeanPixelStage' if stage == 'mean' else 'ResNet18Stage'}"
+            inputs = [str(shards[0].parent)] if len(shards) == len(self.shards) else paths
+            cmd = [str(curator_bin()), "embed", *inputs, "-o", str(work / "out"), "--stage", stage_spec,
+                   "--summary-json", str(result_file), "-q"]
+        else:
+            cmd = [sys.executable, str(BENCH_DIR / "systems.py"), system, *paths, "--stage", stage,
+                   "--result", str(result_file), "--out", str(work / "out")]
+        code, wall, peak = run_measured(cmd, self.logs_dir / f"{tag}.log")
+        if code != 0 or not result_file.exists():
+            raise RuntimeError(f"{tag} failed (exit {code}); see {self.logs_dir / (tag + '.log')}:\n"
+                               + (self.logs_dir / f"{tag}.log").read_text()[-3000:])
+        result = json.loads(result_file.read_text())
+        result.update(wall_seconds=wall, peak_rss_bytes=peak, shards=len(shards))
+        if system == "curator":
+            result["images_per_second"] = result["images"] / result["seconds"]
+        print(f"  {tag:<28} {result['images']:>5} images  {result['images_per_second']:8.1f} img/s  "
+              f"(wall {wall:5.1f}s, peak RSS {peak / 2**20:6.0f} MiB)", flush=True)
+        result["_out"] = str(work / "out")
+        return result
+
+    def helper(self, system: str, stage: str, shards: list[Path], limit: int) -> dict[str, Any]:
+        """The ceiling / stage-alone measurements (their own process, not RSS-critical)."""
+        result_file = self.runs_dir / f"{system}-{stage}.json"
+        cmd = [sys.executable, str(BENCH_DIR / "systems.py"), system, *map(str, shards), "--stage", stage,
+               "--result", str(result_file), "--limit", str(limit)]
+        code, wall, _ = run_measured(cmd, self.logs_dir / f"{system}-{stage}.log")
+        if code != 0:
+            raise RuntimeError(f"{system} {stage} failed:\n" + (self.logs_dir / f"{system}-{stage}.log").read_text()[-3000:])
+        return json.loads(result_file.read_text())
+
+
+def check_outputs(stage: str, runs: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """Do the systems agree? Same keys; embeddings compared to the how-to loop's (max |diff|, min cosine)."""
+    import numpy as np
+    import pyarrow.parquet as pq
+
+    def load(system: str) -> dict[str, Any]:
+        out = Path(runs[system]["_out"])
+        if system == "curator":
+            vectors: dict[str, Any] = {}
+            for file in sorted(out.rglob("*.parquet")):
+                table = pq.read_table(file, columns=["image_id", "embedding"]).to_pydict()
+                vectors.update(zip(table["image_id"], table["embedding"]))
+            return {k: np.asarray(v, dtype=np.float32) for k, v in vectors.items() if v is not None}
+        keys = json.loads((out / "keys.json").read_text())
+        return dict(zip(keys, np.load(out / "embeddings.npy")))
+
+    reference = load("howto")
+    report: dict[str, Any] = {}
+    for system in ("ray", "curator"):
+        other = load(system)
+        common = sorted(reference.keys() & other.keys())
+        a = np.stack([reference[k] for k in common])
+        b = np.stack([other[k] for k in common])
+        cos = (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1) + 1e-12)
+        report[system] = {"same_keys": reference.keys() == other.keys(), "max_abs_diff": float(np.abs(a - b).max()),
+                          "min_cosine": float(cos.min())}
+    return report
+
+
+def machine() -> dict[str, Any]:
+    """CPU model, core count, Python/torch/Ray versions and the date."""
+    import torch
+
+    cpu = "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    try:
+        import ray
+        ray_version = ray.__version__
+    except ImportError:
+        ray_version = None
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    dirty = bool(subprocess.run(["git", "status", "--porcelain", "--", "curator_cli"], cwd=ROOT,
+                                capture_output=True, text=True).stdout.strip())
+    return {"cpu": cpu, "cpu_count": os.cpu_count(), "python": platform.python_version(), "torch": torch.__version__,
+            "ray": ray_version, "platform": platform.platform(), "commit": commit + ("+dirty curator_cli" if dirty else ""),
+            "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}
+
+
+def median_run(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The run with the median images/s (the lower middle one for an even count)."""
+    ordered = sorted(runs, key=lambda r: r["images_per_second"])
+    chosen = dict(ordered[(len(ordered) - 1) // 2])
+    chosen["all_images_per_second"] = [round(r["images_per_second"], 1) for r in runs]
+    return chosen
+
+
+def evaluate(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """The issue's targets, each with the measured value and whether it holds."""
+    mean, resnet = results["stages"]["mean"]["systems"], results["stages"]["resnet18"]["systems"]
+    ceiling = results["decode_ceiling"]
+    cores = results["machine"]["cpu_count"]
+    cur_mean, cur_resnet = mean["curator"]["images_per_second"], resnet["curator"]["images_per_second"]
+    forward = results["stages"]["resnet18"]["alone"]["forward_images_per_second"]
+    mem = results["memory"]
+    checks = [
+        ("mean: curator / how-to loop >= 3", cur_mean / mean["howto"]["images_per_second"], 3.0),
+        ("mean: curator / Ray Data >= 1.5", cur_mean / mean["ray"]["images_per_second"], 1.5),
+        (f"mean: curator / ({cores} x decode+resize ceiling) >= 0.8",
+         cur_mean / (cores * ceiling["decode_resize224"]), 0.8),
+        ("resnet18: curator / model on ready tensors >= 0.9", cur_resnet / forward, 0.9),
+        ("resnet18: curator / how-to loop >= 1.2", cur_resnet / resnet["howto"]["images_per_second"], 1.2),
+        (f"memory: peak RSS {mem['large']['shards']} shards / {mem['small']['shards']} shards <= 1.1",
+         mem["large"]["peak_rss_bytes"] / mem["small"]["peak_rss_bytes"], None),
+    ]
+    out = []
+    for name, value, threshold in checks:
+        ok = value <= 1.1 if threshold is None else value >= threshold
+        out.append({"target": name, "value": round(value, 3), "holds": bool(ok)})
+    return out
+
+
+def table(results: dict[str, Any]) -> str:
+    """The results as a Markdown table (printed, and pasted into RESULTS.md)."""
+    m = results["machine"]
+    lines = [f"Machine: {m['cpu']}, {m['cpu_count']} CPUs; Python {m['python']}, torch {m['torch']}, "
+             f"Ray {m['ray']}; commit {m['commit']}; {m['date']}", ""]
+    lines += ["| stage | system | images | images/s (median) | runs | curator / this | peak RSS MiB |",
+              "|---|---|---:|---:|---|---:|---:|"]
+    for stage, block in results["stages"].items():
+        cur = block["systems"]["curator"]["images_per_second"]
+        for system in SYSTEMS:
+            r = block["systems"][system]
+            ratio = "" if system == "curator" else f"{cur / r['images_per_second']:.2f}x"
+            lines.append(f"| {stage} | {SYSTEM_LABELS[system]} | {r['images']} | {r['images_per_second']:.1f} | "
+                         f"{', '.join(map(str, r['all_images_per_second']))} | {ratio} | "
+                         f"{r['peak_rss_bytes'] / 2**20:.0f} |")
+        alone = block["alone"]
+        lines.append(f"| {stage} | stage alone, pre-decoded (`process`) | {alone['images']} | "
+                     f"{alone['process_images_per_second']:.1f} | | {cur / alone['process_images_per_second']:.2f}x | |")
+        if "forward_images_per_second" in alone:
+            lines.append(f"| {stage} | model alone on ready tensors | {alone['images']} | "
+                         f"{alone['forward_images_per_second']:.1f} | | "
+                         f"{cur / alone['forward_images_per_second']:.2f}x | |")
+    c = results["decode_ceiling"]
+    cores = m["cpu_count"]
+    lines += ["", "Single-core decode ceiling (one process, images/s; x CPU count in brackets):", "",
+              f"- PIL decode + bicubic resize to 224: {c['decode_resize224']:.1f} ({cores * c['decode_resize224']:.0f})",
+              f"- with `Image.draft` (DCT scaling) + resize to 224: {c['draft_decode_resize224']:.1f} "
+              f"({cores * c['draft_decode_resize224']:.0f})",
+              f"- PIL full-size decode to RGB array, no resize: {c['decode_full']:.1f} ({cores * c['decode_full']:.0f})"]
+    mem = results["memory"]
+    lines += ["", "Peak RSS of the curator process tree (mean stage): "
+              + ", ".join(f"{r['shards']} shards ({r['images']} images) {r['peak_rss_bytes'] / 2**20:.0f} MiB"
+                          for r in (mem["small"], mem["large"]))]
+    lines += ["", "Curator time split (median run, seconds): "]
+    for stage, block in results["stages"].items():
+        r = block["systems"]["curator"]
+        split = ", ".join(f"{k[len('seconds_'):]} {r[k]:.1f}" for k in
+                          ("seconds_read", "seconds_decode", "seconds_wait_input", "seconds_stages", "seconds_write")
+                          if k in r)
+        lines.append(f"- {stage}: total {r['seconds']:.1f}; {split}")
+    ray_threads = results["stages"]["resnet18"]["systems"]["ray"].get("actor_torch_threads")
+    lines += ["", f"Ray actor torch threads: {ray_threads}", "", "Targets:", ""]
+    lines += [f"- [{'x' if t['holds'] else ' '}] {t['target']}: {t['value']}" for t in results["targets"]]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the whole benchmark; exit 0 even when targets miss (they are reported, not enforced)."""
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--repeats", type=int, default=None, help="runs per system for the mean stage (median)")
+    parser.add_argument("--resnet-repeats", type=int, default=None, help="runs per system for resnet18")
+    parser.add_argument("--quick", action="store_true", help="tiny dataset, one run each: checks the harness")
+    parser.add_argument("--data-dir", type=Path, default=BENCH_DIR / "data")
+    parser.add_argument("--json", type=Path, default=BENCH_DIR / "results.json")
+    args = parser.parse_args(argv)
+    plan = QUICK if args.quick else Plan()
+    if args.repeats:
+        plan.repeats = args.repeats
+    if args.resnet_repeats:
+        plan.resnet_repeats = args.resnet_repeats
+    data_dir = args.data_dir / "quick" if args.quick else args.data_dir
+    if not curator_bin().exists():
+        sys.exit(f"bench: {curator_bin()} not found (run make install)")
+
+    started = time.perf_counter()
+    bench = Bench(plan, data_dir)
+    t0 = time.perf_counter()
+    bench.shards = ensure_dataset(data_dir, plan.spec, workers=os.cpu_count() or 2)
+    print(f"dataset: {len(bench.shards)} shards x {plan.spec.per_shard} JPEGs ~{plan.spec.width}x{plan.spec.height} "
+          f"q{plan.spec.quality} under {data_dir} ({time.perf_counter() - t0:.0f}s)", flush=True)
+    results: dict[str, Any] = {"machine": machine(), "plan": {
+        "shards": plan.spec.shards, "per_shard": plan.spec.per_shard, "mean_shards": plan.mean_shards,
+        "resnet_shards": plan.resnet_shards, "repeats": plan.repeats, "resnet_repeats": plan.resnet_repeats},
+        "load_average_start": os.getloadavg()}
+
+    print("single-core decode ceiling and stages alone ...", flush=True)
+    results["decode_ceiling"] = bench.helper("ceiling", "mean", bench.shards[:2], plan.ceiling_images)
+    results["stages"] = {}
+    for stage, count, repeats in (("mean", plan.mean_shards, plan.repeats),
+                                  ("resnet18", plan.resnet_shards, plan.resnet_repeats)):
+        alone = bench.helper("model", stage, bench.shards[:1], plan.model_images)
+        shards = bench.shards[:count]
+        runs: dict[str, list[dict[str, Any]]] = {s: [] for s in SYSTEMS}
+        print(f"{stage}: {count} shards, {repeats} round(s) of {', '.join(SYSTEMS)}", flush=True)
+        for round_ in range(repeats):
+            for system in SYSTEMS:
+                runs[system].append(bench.system(system, stage, shards, f"{stage}-{system}-{round_}"))
+        last = {s: r[-1] for s, r in runs.items()}
+        results["stages"][stage] = {"shards": count, "alone": alone, "agreement": check_outputs(stage, last),
+                                    "systems": {s: median_run(r) for s, r in runs.items()}}
+
+    print("curator peak memory ...", flush=True)
+    small, large = plan.memory_shards
+    results["memory"] = {"small": bench.system("curator", "mean", bench.shards[:small], f"memory-{small}"),
+                         "large": bench.system("curator", "mean", bench.shards[:large], f"memory-{large}")}
+    results["load_average_end"] = os.getloadavg()
+    results["targets"] = evaluate(results)
+    results["seconds_total"] = time.perf_counter() - started
+    shutil.rmtree(bench.runs_dir, ignore_errors=True)
+    for block in (*results["stages"].values(),):
+        for r in block["systems"].values():
+            r.pop("_out", None)
+    for r in results["memory"].values():
+        r.pop("_out", None)
+    text = table(results)
+    print("\n" + text)
+    agreement = {stage: block["agreement"] for stage, block in results["stages"].items()}
+    print("\nAgreement with the how-to loop's embeddings:", json.dumps(agreement))
+    print(f"\nbench: {results['seconds_total']:.0f}s in all; results in {args.json}")
+    args.json.write_text(json.dumps(results, indent=2, default=str) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
