@@ -50,11 +50,11 @@ class Plan:
     repeats: int = 3
     resnet_repeats: int = 1
     ceiling_images: int = 300
-    model_images: int = 256
+    model_images: dict[str, int] = field(default_factory=lambda: {"mean": 250, "resnet18": 128})
 
 
 QUICK = Plan(spec=DatasetSpec(shards=4, per_shard=40), mean_shards=2, resnet_shards=1, memory_shards=(1, 4),
-             repeats=1, resnet_repeats=1, ceiling_images=60, model_images=32)
+             repeats=1, resnet_repeats=1, ceiling_images=60, model_images={"mean": 40, "resnet18": 16})
 
 
 class TreeSampler:
@@ -65,6 +65,7 @@ class TreeSampler:
         self.interval = interval
         self.peak = 0
         self.samples = 0
+        self.cpu_seconds: dict[int, float] = {}  # last CPU time (user + system) seen per process
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, daemon=True)
 
@@ -77,6 +78,8 @@ class TreeSampler:
         for proc in procs:
             try:
                 total += proc.memory_info().rss
+                times = proc.cpu_times()
+                self.cpu_seconds[proc.pid] = times.user + times.system
             except psutil.Error:
                 pass
         return total
@@ -96,17 +99,34 @@ class TreeSampler:
         self._thread.join()
 
 
-def run_measured(cmd: list[str], log: Path) -> tuple[int, float, int]:
-    """Run ``cmd`` (output to ``log``); return exit code, wall seconds and peak tree RSS in bytes."""
+def _busy_seconds() -> float:
+    times = psutil.cpu_times()
+    return sum(times) - times.idle - getattr(times, "iowait", 0.0)
+
+
+@dataclass
+class Measured:
+    """What ``run_measured`` saw of one process tree."""
+
+    code: int
+    wall: float
+    peak_rss: int
+    other_cpu: float  # share of all CPUs busy with processes outside the tree (other work on the machine)
+
+
+def run_measured(cmd: list[str], log: Path) -> Measured:
+    """Run ``cmd`` (output to ``log``) while sampling its process tree's RSS and the machine's CPU use."""
     log.parent.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     with open(log, "w") as handle:
-        t0 = time.perf_counter()
+        busy0, t0 = _busy_seconds(), time.perf_counter()
         proc = subprocess.Popen(cmd, stdout=handle, stderr=subprocess.STDOUT, cwd=ROOT, env=env)
         with TreeSampler(proc.pid) as sampler:
             code = proc.wait()
-        wall = time.perf_counter() - t0
-    return code, wall, sampler.peak
+        wall, busy = time.perf_counter() - t0, _busy_seconds() - busy0
+    tree = sum(sampler.cpu_seconds.values())
+    other = max(0.0, busy - tree) / (wall * (os.cpu_count() or 1))
+    return Measured(code, wall, sampler.peak, min(1.0, other))
 
 
 def curator_bin() -> Path:
@@ -139,16 +159,18 @@ class Bench:
         else:
             cmd = [sys.executable, str(BENCH_DIR / "systems.py"), system, *paths, "--stage", stage,
                    "--result", str(result_file), "--out", str(work / "out")]
-        code, wall, peak = run_measured(cmd, self.logs_dir / f"{tag}.log")
-        if code != 0 or not result_file.exists():
-            raise RuntimeError(f"{tag} failed (exit {code}); see {self.logs_dir / (tag + '.log')}:\n"
+        m = run_measured(cmd, self.logs_dir / f"{tag}.log")
+        if m.code != 0 or not result_file.exists():
+            raise RuntimeError(f"{tag} failed (exit {m.code}); see {self.logs_dir / (tag + '.log')}:\n"
                                + (self.logs_dir / f"{tag}.log").read_text()[-3000:])
         result = json.loads(result_file.read_text())
-        result.update(wall_seconds=wall, peak_rss_bytes=peak, shards=len(shards))
+        result.update(wall_seconds=m.wall, peak_rss_bytes=m.peak_rss, shards=len(shards), other_cpu=m.other_cpu,
+                      load_average_1m=os.getloadavg()[0])
         if system == "curator":
             result["images_per_second"] = result["images"] / result["seconds"]
         print(f"  {tag:<28} {result['images']:>5} images  {result['images_per_second']:8.1f} img/s  "
-              f"(wall {wall:5.1f}s, peak RSS {peak / 2**20:6.0f} MiB)", flush=True)
+              f"(wall {m.wall:5.1f}s, peak RSS {m.peak_rss / 2**20:6.0f} MiB, other CPU use {m.other_cpu:4.0%})",
+              flush=True)
         result["_out"] = str(work / "out")
         return result
 
@@ -157,10 +179,12 @@ class Bench:
         result_file = self.runs_dir / f"{system}-{stage}.json"
         cmd = [sys.executable, str(BENCH_DIR / "systems.py"), system, *map(str, shards), "--stage", stage,
                "--result", str(result_file), "--limit", str(limit)]
-        code, wall, _ = run_measured(cmd, self.logs_dir / f"{system}-{stage}.log")
-        if code != 0:
+        m = run_measured(cmd, self.logs_dir / f"{system}-{stage}.log")
+        if m.code != 0:
             raise RuntimeError(f"{system} {stage} failed:\n" + (self.logs_dir / f"{system}-{stage}.log").read_text()[-3000:])
-        return json.loads(result_file.read_text())
+        result = json.loads(result_file.read_text())
+        result["other_cpu"] = m.other_cpu
+        return result
 
 
 def check_outputs(stage: str, runs: dict[str, dict[str, Any]]) -> dict[str, Any]:
@@ -255,8 +279,8 @@ def table(results: dict[str, Any]) -> str:
     m = results["machine"]
     lines = [f"Machine: {m['cpu']}, {m['cpu_count']} CPUs; Python {m['python']}, torch {m['torch']}, "
              f"Ray {m['ray']}; commit {m['commit']}; {m['date']}", ""]
-    lines += ["| stage | system | images | images/s (median) | runs | curator / this | peak RSS MiB |",
-              "|---|---|---:|---:|---|---:|---:|"]
+    lines += ["| stage | system | images | images/s (median) | runs | curator / this | peak RSS MiB | other CPU |",
+              "|---|---|---:|---:|---|---:|---:|---:|"]
     for stage, block in results["stages"].items():
         cur = block["systems"]["curator"]["images_per_second"]
         for system in SYSTEMS:
@@ -264,14 +288,15 @@ def table(results: dict[str, Any]) -> str:
             ratio = "" if system == "curator" else f"{cur / r['images_per_second']:.2f}x"
             lines.append(f"| {stage} | {SYSTEM_LABELS[system]} | {r['images']} | {r['images_per_second']:.1f} | "
                          f"{', '.join(map(str, r['all_images_per_second']))} | {ratio} | "
-                         f"{r['peak_rss_bytes'] / 2**20:.0f} |")
+                         f"{r['peak_rss_bytes'] / 2**20:.0f} | {r['other_cpu']:.0%} |")
         alone = block["alone"]
         lines.append(f"| {stage} | stage alone, pre-decoded (`process`) | {alone['images']} | "
-                     f"{alone['process_images_per_second']:.1f} | | {cur / alone['process_images_per_second']:.2f}x | |")
+                     f"{alone['process_images_per_second']:.1f} | | {cur / alone['process_images_per_second']:.2f}x | | "
+                     f"{alone['other_cpu']:.0%} |")
         if "forward_images_per_second" in alone:
             lines.append(f"| {stage} | model alone on ready tensors | {alone['images']} | "
                          f"{alone['forward_images_per_second']:.1f} | | "
-                         f"{cur / alone['forward_images_per_second']:.2f}x | |")
+                         f"{cur / alone['forward_images_per_second']:.2f}x | | {alone['other_cpu']:.0%} |")
     c = results["decode_ceiling"]
     cores = m["cpu_count"]
     lines += ["", "Single-core decode ceiling (one process, images/s; x CPU count in brackets):", "",
@@ -291,7 +316,13 @@ def table(results: dict[str, Any]) -> str:
                           if k in r)
         lines.append(f"- {stage}: total {r['seconds']:.1f}; {split}")
     ray_threads = results["stages"]["resnet18"]["systems"]["ray"].get("actor_torch_threads")
-    lines += ["", f"Ray actor torch threads: {ray_threads}", "", "Targets:", ""]
+    lines += ["", f"Ray actor torch threads: {ray_threads}"]
+    others = [r["other_cpu"] for b in results["stages"].values() for r in b["systems"].values()]
+    others += [results["decode_ceiling"]["other_cpu"], *(b["alone"]["other_cpu"] for b in results["stages"].values())]
+    lines += ["", f"CPU used by processes outside the benchmark during the measurements: {min(others):.0%} to "
+              f"{max(others):.0%} of the machine" + (" (other work was running: numbers are noisy)"
+                                                     if max(others) > 0.1 else "")]
+    lines += ["", "Targets:", ""]
     lines += [f"- [{'x' if t['holds'] else ' '}] {t['target']}: {t['value']}" for t in results["targets"]]
     return "\n".join(lines)
 
@@ -330,7 +361,7 @@ def main(argv: list[str] | None = None) -> int:
     results["stages"] = {}
     for stage, count, repeats in (("mean", plan.mean_shards, plan.repeats),
                                   ("resnet18", plan.resnet_shards, plan.resnet_repeats)):
-        alone = bench.helper("model", stage, bench.shards[:1], plan.model_images)
+        alone = bench.helper("model", stage, bench.shards[:1], plan.model_images[stage])
         shards = bench.shards[:count]
         runs: dict[str, list[dict[str, Any]]] = {s: [] for s in SYSTEMS}
         print(f"{stage}: {count} shards, {repeats} round(s) of {', '.join(SYSTEMS)}", flush=True)

@@ -17,6 +17,7 @@ import argparse
 import io
 import json
 import os
+import statistics
 import sys
 import tarfile
 import time
@@ -162,12 +163,14 @@ def run_ray(stage_name: str, paths: list[str], out_dir: Path) -> dict[str, Any]:
 # --------------------------------------------------------------------------- the stage alone
 
 
-def run_model(stage_name: str, paths: list[str], limit: int) -> dict[str, Any]:
-    """The stage's own throughput on pre-decoded batches (decode time excluded).
+def run_model(stage_name: str, paths: list[str], limit: int, passes: int = 3) -> dict[str, Any]:
+    """The stage's own throughput on pre-decoded batches (decode time excluded); median of ``passes``.
 
-    For resnet18: ``forward_*`` times the model on ready normalised tensors; ``process_*`` times
-    ``stage.process`` on ImageBatches of images already decoded at the stage's ``decode_size``
-    (what a size-aware decoder hands it: shorter side 224), so it adds the stage's resize/crop/normalise.
+    ``process_*`` times ``stage.process`` on ImageBatches of ``BATCH_SIZE`` images already decoded
+    at the stage's ``decode_size`` (shorter side 224 for resnet18: what a size-aware decoder hands
+    it; full size for the mean stage), so it includes the stage's own resize/crop/normalise. For
+    resnet18, ``forward_*`` times the model alone on ready normalised tensors (``model_batch`` each).
+    The model is warmed up on every batch shape first (oneDNN picks kernels per shape).
     """
     import torch
 
@@ -185,25 +188,33 @@ def run_model(stage_name: str, paths: list[str], limit: int) -> dict[str, Any]:
         images.append(image)
         if len(images) == limit:
             break
-    result: dict[str, Any] = {"images": len(images), "torch_threads": torch.get_num_threads()}
-    warm = [ImageObject(image_id="warm", image_data=images[0]) for _ in range(8)]
-    stage.process(ImageBatch(data=warm))
-    t0 = time.perf_counter()
-    for start in range(0, len(images), BATCH_SIZE):
-        objects = [ImageObject(image_id=str(i), image_data=img) for i, img in enumerate(images[start:start + BATCH_SIZE])]
-        stage.process(ImageBatch(data=objects))
-    seconds = time.perf_counter() - t0
-    result.update(process_seconds=seconds, process_images_per_second=len(images) / seconds)
+    batches = [[ImageObject(image_id=str(i), image_data=img) for i, img in enumerate(images[s:s + BATCH_SIZE])]
+               for s in range(0, len(images), BATCH_SIZE)]
+    ready = []
     if isinstance(stage, ResNet18Stage):
         crops = np.stack([resize_center_crop(img, stage.decode_size) for img in images])
         mean, std = stage._mean.cpu(), stage._std.cpu()
         ready = [(torch.from_numpy(crops[s:s + stage.model_batch]).permute(0, 3, 1, 2).float() - mean) / std
                  for s in range(0, len(crops), stage.model_batch)]
-        t0 = time.perf_counter()
-        for x in ready:
+        for x in {tuple(x.shape): x for x in ready}.values():
             stage.forward(x)
-        seconds = time.perf_counter() - t0
-        result.update(forward_seconds=seconds, forward_images_per_second=len(images) / seconds)
+    stage.process(ImageBatch(data=batches[0][:8]))
+    process_rates, forward_rates = [], []
+    for _ in range(passes):
+        t0 = time.perf_counter()
+        for objects in batches:
+            stage.process(ImageBatch(data=objects))
+        process_rates.append(len(images) / (time.perf_counter() - t0))
+        if ready:
+            t0 = time.perf_counter()
+            for x in ready:
+                stage.forward(x)
+            forward_rates.append(len(images) / (time.perf_counter() - t0))
+    result: dict[str, Any] = {"images": len(images), "torch_threads": torch.get_num_threads(), "passes": passes,
+                              "process_images_per_second": statistics.median(process_rates),
+                              "process_all": process_rates}
+    if forward_rates:
+        result.update(forward_images_per_second=statistics.median(forward_rates), forward_all=forward_rates)
     stage.teardown()
     return result
 
@@ -239,15 +250,16 @@ def draft_decode_resize(data: bytes, size: int = 224) -> np.ndarray:
     return np.asarray(_resize_shorter(image.convert("RGB"), size))
 
 
-def run_ceiling(paths: list[str], limit: int) -> dict[str, Any]:
-    """Single-core decode ceilings (one process, images/s) on the first ``limit`` bench JPEGs."""
+def run_ceiling(paths: list[str], limit: int, passes: int = 3) -> dict[str, Any]:
+    """Single-core decode ceilings (one process, images/s) on the first ``limit`` bench JPEGs; median of ``passes``."""
     blobs = [data for _, _, data in iter_tar_jpegs(paths)][:limit]
-    return {
-        "images": len(blobs),
-        "decode_resize224": _time_per_image(decode_resize, blobs),
-        "draft_decode_resize224": _time_per_image(draft_decode_resize, blobs),
-        "decode_full": _time_per_image(pil_rgb, blobs),
-    }
+    result: dict[str, Any] = {"images": len(blobs), "passes": passes}
+    for name, fn in (("decode_resize224", decode_resize), ("draft_decode_resize224", draft_decode_resize),
+                     ("decode_full", pil_rgb)):
+        rates = [_time_per_image(fn, blobs) for _ in range(passes)]
+        result[name] = statistics.median(rates)
+        result[name + "_all"] = rates
+    return result
 
 
 def main(argv: list[str] | None = None) -> None:
