@@ -131,7 +131,8 @@ def run_ray(stage_name: str, paths: list[str], out_dir: Path) -> dict[str, Any]:
     import ray.data
 
     t0 = time.perf_counter()
-    ray.init(num_cpus=os.cpu_count() or 2, include_dashboard=False, log_to_driver=False)
+    # address="local": always a fresh cluster of our own, never one another process on this machine started
+    ray.init(address="local", num_cpus=os.cpu_count() or 2, include_dashboard=False, log_to_driver=False)
     ray.data.DataContext.get_current().enable_progress_bars = False
     init_seconds = time.perf_counter() - t0
     try:
