@@ -35,7 +35,10 @@ import psutil  # noqa: E402  (bench-only dependency)
 from datagen import DatasetSpec, ensure_dataset  # noqa: E402
 
 SYSTEMS = ("howto", "ray", "curator")
-SYSTEM_LABELS = {"howto": "how-to loop", "ray": "Ray Data", "curator": "curator embed"}
+SYSTEM_LABELS = {"howto": "how-to loop", "ray": "Ray Data", "curator": "curator embed",
+                 "curator-small": "curator embed, stage declares decode_size=32"}
+# Extra curator-only runs per stage: (key in the results, stage to run instead).
+VARIANTS = {"mean": [("curator-small", "mean-small")], "resnet18": []}
 SAMPLE_SECONDS = 0.05
 
 
@@ -152,7 +155,9 @@ class Bench:
         result_file = work / "result.json"
         paths = [str(p) for p in shards]
         if system == "curator":
-            stage_spec = f"{BENCH_DIR / 'stages.py'}:{'MeanPixelStage' if stage == 'mean' else 'ResNet18Stage'}"
+            from systems import STAGES
+
+            stage_spec = f"{BENCH_DIR / 'stages.py'}:{STAGES[stage].__name__}"
             inputs = [str(shards[0].parent)] if len(shards) == len(self.shards) else paths
             cmd = [str(curator_bin()), "embed", *inputs, "-o", str(work / "out"), "--stage", stage_spec,
                    "--summary-json", str(result_file), "-q"]
@@ -168,6 +173,7 @@ class Bench:
                       load_average_1m=os.getloadavg()[0])
         if system == "curator":
             result["images_per_second"] = result["images"] / result["seconds"]
+            result["stage"] = stage
         print(f"  {tag:<28} {result['images']:>5} images  {result['images_per_second']:8.1f} img/s  "
               f"(wall {m.wall:5.1f}s, peak RSS {m.peak_rss / 2**20:6.0f} MiB, other CPU use {m.other_cpu:4.0%})",
               flush=True)
@@ -194,7 +200,7 @@ def check_outputs(stage: str, runs: dict[str, dict[str, Any]]) -> dict[str, Any]
 
     def load(system: str) -> dict[str, Any]:
         out = Path(runs[system]["_out"])
-        if system == "curator":
+        if system.startswith("curator"):
             vectors: dict[str, Any] = {}
             for file in sorted(out.rglob("*.parquet")):
                 table = pq.read_table(file, columns=["image_id", "embedding"]).to_pydict()
@@ -205,7 +211,9 @@ def check_outputs(stage: str, runs: dict[str, dict[str, Any]]) -> dict[str, Any]
 
     reference = load("howto")
     report: dict[str, Any] = {}
-    for system in ("ray", "curator"):
+    for system in runs:
+        if system == "howto":
+            continue
         other = load(system)
         common = sorted(reference.keys() & other.keys())
         a = np.stack([reference[k] for k in common])
@@ -257,15 +265,20 @@ def evaluate(results: dict[str, Any]) -> list[dict[str, Any]]:
     cur_mean, cur_resnet = mean["curator"]["images_per_second"], resnet["curator"]["images_per_second"]
     forward = results["stages"]["resnet18"]["alone"]["forward_images_per_second"]
     mem = results["memory"]
+    small = mean.get("curator-small")
     checks = [
         ("mean: curator / how-to loop >= 3", cur_mean / mean["howto"]["images_per_second"], 3.0),
         ("mean: curator / Ray Data >= 1.5", cur_mean / mean["ray"]["images_per_second"], 1.5),
-        (f"mean: curator / ({cores} x decode+resize ceiling) >= 0.8",
+        (f"mean: curator / ({cores} x decode+resize-to-224 ceiling) >= 0.8",
          cur_mean / (cores * ceiling["decode_resize224"]), 0.8),
+        (f"(stricter, not in the issue) mean: curator / ({cores} x full-size decode ceiling, the work this stage "
+         "needs) >= 0.8", cur_mean / (cores * ceiling["decode_full"]), 0.8),
         ("resnet18: curator / model on ready tensors >= 0.9", cur_resnet / forward, 0.9),
         ("resnet18: curator / how-to loop >= 1.2", cur_resnet / resnet["howto"]["images_per_second"], 1.2),
         (f"memory: peak RSS {mem['large']['shards']} shards / {mem['small']['shards']} shards <= 1.1",
          mem["large"]["peak_rss_bytes"] / mem["small"]["peak_rss_bytes"], None),
+        *([("(variant, not in the issue) mean, stage declares decode_size=32: curator / how-to loop >= 3",
+            small["images_per_second"] / mean["howto"]["images_per_second"], 3.0)] if small else []),
     ]
     out = []
     for name, value, threshold in checks:
@@ -283,9 +296,11 @@ def table(results: dict[str, Any]) -> str:
               "|---|---|---:|---:|---|---:|---:|---:|"]
     for stage, block in results["stages"].items():
         cur = block["systems"]["curator"]["images_per_second"]
-        for system in SYSTEMS:
+        for system in block["systems"]:
             r = block["systems"][system]
             ratio = "" if system == "curator" else f"{cur / r['images_per_second']:.2f}x"
+            if system == "curator-small":
+                ratio = f"{r['images_per_second'] / block['systems']['howto']['images_per_second']:.2f}x how-to"
             lines.append(f"| {stage} | {SYSTEM_LABELS[system]} | {r['images']} | {r['images_per_second']:.1f} | "
                          f"{', '.join(map(str, r['all_images_per_second']))} | {ratio} | "
                          f"{r['peak_rss_bytes'] / 2**20:.0f} | {r['other_cpu']:.0%} |")
@@ -363,11 +378,14 @@ def main(argv: list[str] | None = None) -> int:
                                   ("resnet18", plan.resnet_shards, plan.resnet_repeats)):
         alone = bench.helper("model", stage, bench.shards[:1], plan.model_images[stage])
         shards = bench.shards[:count]
-        runs: dict[str, list[dict[str, Any]]] = {s: [] for s in SYSTEMS}
-        print(f"{stage}: {count} shards, {repeats} round(s) of {', '.join(SYSTEMS)}", flush=True)
+        variants = VARIANTS[stage]
+        runs: dict[str, list[dict[str, Any]]] = {s: [] for s in (*SYSTEMS, *(key for key, _ in variants))}
+        print(f"{stage}: {count} shards, {repeats} round(s) of {', '.join(runs)}", flush=True)
         for round_ in range(repeats):
             for system in SYSTEMS:
                 runs[system].append(bench.system(system, stage, shards, f"{stage}-{system}-{round_}"))
+            for key, variant in variants:
+                runs[key].append(bench.system("curator", variant, shards, f"{variant}-curator-{round_}"))
         last = {s: r[-1] for s, r in runs.items()}
         results["stages"][stage] = {"shards": count, "alone": alone, "agreement": check_outputs(stage, last),
                                     "systems": {s: median_run(r) for s, r in runs.items()}}

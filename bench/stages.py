@@ -47,6 +47,19 @@ class MeanPixelStage(ProcessingStage[ImageBatch, ImageBatch]):
         return task
 
 
+@dataclass
+class MeanPixelSmallStage(MeanPixelStage):
+    """:class:`MeanPixelStage` declaring ``decode_size = 32``: a mean needs no resolution.
+
+    A JPEG decoded with DCT scaling at 1/8 is made of the 8 x 8 block means, so its channel means
+    match the full-size ones to within about 0.5 (of 255) on the bench images. Only a size-aware
+    decoder (curator) can take advantage; the how-to loop and Ray decode full size regardless.
+    """
+
+    decode_size: ClassVar[int] = 32
+    name: str = "mean_pixel_small"
+
+
 def channel_means(image: np.ndarray) -> np.ndarray:
     """Exact per-channel mean of an H x W x 3 uint8 image, as float32.
 

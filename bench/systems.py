@@ -31,14 +31,14 @@ BENCH_DIR = Path(__file__).resolve().parent
 if str(BENCH_DIR) not in sys.path:
     sys.path.insert(0, str(BENCH_DIR))
 
-from stages import MeanPixelStage, ResNet18Stage, resize_center_crop  # noqa: E402
+from stages import MeanPixelSmallStage, MeanPixelStage, ResNet18Stage, resize_center_crop  # noqa: E402
 
 from curator_cli.stages.base import ProcessingStage  # noqa: E402
 from curator_cli.tasks import ImageBatch, ImageObject  # noqa: E402
 
 BATCH_SIZE = 256  # images per ImageBatch: curator embed's default --batch-size, used by every system
-STAGES: dict[str, Callable[[], ProcessingStage]] = {"mean": MeanPixelStage, "resnet18": ResNet18Stage}
-STAGE_SPECS = {"mean": "MeanPixelStage", "resnet18": "ResNet18Stage"}
+STAGES: dict[str, type[ProcessingStage]] = {"mean": MeanPixelStage, "mean-small": MeanPixelSmallStage,
+                                            "resnet18": ResNet18Stage}
 
 
 def make_stage(name: str) -> ProcessingStage:
