@@ -244,7 +244,10 @@ def machine() -> dict[str, Any]:
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
     dirty = bool(subprocess.run(["git", "status", "--porcelain", "--", "curator_cli"], cwd=ROOT,
                                 capture_output=True, text=True).stdout.strip())
+    where = subprocess.run([sys.executable, "-c", "import curator_cli; print(curator_cli.__file__)"], cwd=BENCH_DIR,
+                           capture_output=True, text=True).stdout.strip()
     return {"cpu": cpu, "cpu_count": os.cpu_count(), "python": platform.python_version(), "torch": torch.__version__,
+            "curator_cli": str(Path(where).parent) if where else None,
             "ray": ray_version, "platform": platform.platform(), "commit": commit + ("+dirty curator_cli" if dirty else ""),
             "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}
 
@@ -291,7 +294,7 @@ def table(results: dict[str, Any]) -> str:
     """The results as a Markdown table (printed, and pasted into RESULTS.md)."""
     m = results["machine"]
     lines = [f"Machine: {m['cpu']}, {m['cpu_count']} CPUs; Python {m['python']}, torch {m['torch']}, "
-             f"Ray {m['ray']}; commit {m['commit']}; {m['date']}", ""]
+             f"Ray {m['ray']}; commit {m['commit']}; curator_cli from {m['curator_cli']}; {m['date']}", ""]
     lines += ["| stage | system | images | images/s (median) | runs | curator / this | peak RSS MiB | other CPU |",
               "|---|---|---:|---:|---|---:|---:|---:|"]
     for stage, block in results["stages"].items():
