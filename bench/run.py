@@ -12,6 +12,7 @@ Prints a table and writes the same numbers to ``bench/results.json``.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import platform
@@ -354,7 +355,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data-dir", type=Path, default=BENCH_DIR / "data")
     parser.add_argument("--json", type=Path, default=BENCH_DIR / "results.json")
     args = parser.parse_args(argv)
-    plan = QUICK if args.quick else Plan()
+    plan = dataclasses.replace(QUICK) if args.quick else Plan()
     if args.repeats:
         plan.repeats = args.repeats
     if args.resnet_repeats:
@@ -401,10 +402,7 @@ def main(argv: list[str] | None = None) -> int:
     results["targets"] = evaluate(results)
     results["seconds_total"] = time.perf_counter() - started
     shutil.rmtree(bench.runs_dir, ignore_errors=True)
-    for block in (*results["stages"].values(),):
-        for r in block["systems"].values():
-            r.pop("_out", None)
-    for r in results["memory"].values():
+    for r in [*results["memory"].values(), *(r for b in results["stages"].values() for r in b["systems"].values())]:
         r.pop("_out", None)
     text = table(results)
     print("\n" + text)
