@@ -29,8 +29,11 @@ test: $(STAMP)
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not slow"
 
+# Bench-only dependencies (Ray Data, psutil) go into the venv here, never into pyproject's deps or extras.
+BENCH_DEPS ?= 'ray[data]' psutil
 bench: $(STAMP)
-	$(BIN)/python bench/run.py
+	$(BIN)/python -c "import ray.data, psutil" 2>/dev/null || $(BIN)/python -m pip install --quiet $(BENCH_DEPS)
+	$(BIN)/python bench/run.py $(BENCH_ARGS)
 
 clean:
 	rm -rf demo_out .pytest_cache
