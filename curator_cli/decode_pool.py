@@ -26,6 +26,7 @@ import numpy as np
 from PIL import Image
 
 from curator_cli.decode import DecodeError, DecodeOptions, decode_with
+from curator_cli.readers.base import ByteRange
 
 
 
@@ -52,10 +53,15 @@ class DecodeJob:
         self._done.set()
 
 
-def decode_one(data: bytes | None, options: DecodeOptions) -> Any:
-    """Decode one image; an image that cannot be decoded gives its reason as a string."""
+def decode_one(data: bytes | ByteRange | None, options: DecodeOptions) -> Any:
+    """Read (if the reader deferred it) and decode one image; a failure gives its reason as a string."""
     if data is None:
         return "no image data"
+    if isinstance(data, ByteRange):
+        try:
+            data = data.read()
+        except OSError as exc:
+            return f"unreadable: {exc.strerror or exc}"
     try:
         return decode_with(data, options)
     except DecodeError as exc:
@@ -134,7 +140,9 @@ def _receive(value: Any) -> Any:
     return np.frombuffer(view, dtype=np.uint8).reshape(shape)
 
 
-def _worker_main(conn: Connection, options: DecodeOptions, shm_prefix: str | None) -> None:
+def _worker_main(conn: Connection, progress: Any, options: DecodeOptions, shm_prefix: str | None) -> None:
+    """Decode jobs until told to stop. ``progress`` (shared memory) holds the position, within the
+    current job, of the image being decoded: the parent's watch on hangs and crashes, at no message cost."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when to stop
     Image.MAX_IMAGE_PIXELS = options.max_pixels
     counter = itertools.count()
@@ -146,13 +154,14 @@ def _worker_main(conn: Connection, options: DecodeOptions, shm_prefix: str | Non
             return
         if message is None:
             return
-        key, start, payloads = message
-        for offset, data in enumerate(payloads):
-            t0 = time.perf_counter()
+        key, payloads = message
+        t0 = time.perf_counter()
+        values = []
+        for position, data in enumerate(payloads):
+            progress.value = position
             value = decode_one(data, options)
-            if isinstance(value, np.ndarray):
-                value = _ship(value, shm_prefix, counter)
-            conn.send((key, start + offset, value, time.perf_counter() - t0))
+            values.append(_ship(value, shm_prefix, counter) if isinstance(value, np.ndarray) else value)
+        conn.send((key, values, time.perf_counter() - t0))
 
 
 class Decoder:
@@ -176,13 +185,15 @@ class Decoder:
 class _Worker:
     def __init__(self, ctx: Any, options: DecodeOptions, shm_prefix: str | None) -> None:
         self.conn, child = ctx.Pipe(duplex=True)
-        self.process = ctx.Process(target=_worker_main, args=(child, options, shm_prefix), daemon=True)
+        self.progress = ctx.RawValue("q", -1)
+        self.process = ctx.Process(target=_worker_main, args=(child, self.progress, options, shm_prefix), daemon=True)
         self.process.start()
         child.close()
         self.ready = False
         self.job: DecodeJob | None = None
         self.key = -1
-        self.next_index = 0
+        self.indices: list[int] = []  # which of the job's images this worker was sent
+        self.seen = -1  # the last progress value seen, and when it changed
         self.last_progress = 0.0
 
     def stop(self, kill: bool = False) -> None:
@@ -211,7 +222,7 @@ class DecodePool(Decoder):
         if self._shm_prefix:
             remove_orphaned_shared_memory()
         self._workers = [_Worker(self._ctx, options, self._shm_prefix) for _ in range(workers)]
-        self._pending: deque[tuple[DecodeJob, int, int]] = deque()
+        self._pending: deque[tuple[DecodeJob, int, list[int]]] = deque()
         self._keys = 0
         self._lock = threading.Lock()
         self._wake_r, self._wake_w = socket.socketpair()
@@ -229,7 +240,7 @@ class DecodePool(Decoder):
         if job.payloads:
             with self._lock:
                 self._keys += 1
-                self._pending.append((job, self._keys, 0))
+                self._pending.append((job, self._keys, list(range(len(job.payloads)))))
             self._wake()
         return job
 
@@ -243,10 +254,11 @@ class DecodePool(Decoder):
         with self._lock:
             for worker in self._workers:
                 if worker.ready and worker.job is None and self._pending:
-                    job, key, start = self._pending.popleft()
-                    worker.job, worker.key, worker.next_index = job, key, start
-                    worker.last_progress = time.monotonic()
-                    worker.conn.send((key, start, job.payloads[start:]))
+                    job, key, indices = self._pending.popleft()
+                    worker.job, worker.key, worker.indices = job, key, indices
+                    worker.progress.value = -1
+                    worker.seen, worker.last_progress = -1, time.monotonic()
+                    worker.conn.send((key, [job.payloads[i] for i in indices]))
 
     def _run(self) -> None:
         try:
@@ -279,33 +291,45 @@ class DecodePool(Decoder):
                 if message == READY:
                     worker.ready = True
                     continue
-                key, index, value, seconds = message
-                try:
-                    value = _receive(value)
-                except OSError as exc:
-                    value = f"cannot receive decoded pixels: {exc}"
+                key, values, seconds = message
                 if worker.job is None or key != worker.key:
                     continue
-                self._record(worker, index, value, seconds)
+                self._record(worker, values, seconds)
             now = time.monotonic()
             for worker in self._workers:
-                if worker.job is not None and now - worker.last_progress > self.timeout_s:
+                if worker.job is None:
+                    continue
+                position = worker.progress.value
+                if position != worker.seen:
+                    worker.seen, worker.last_progress = position, now
+                elif now - worker.last_progress > self.timeout_s:
                     self._replace(worker, f"decode timed out after {self.timeout_s:g}s")
 
-    def _record(self, worker: _Worker, index: int, value: Any, seconds: float) -> None:
+    def _record(self, worker: _Worker, values: list[Any], seconds: float) -> None:
         job = worker.job
         assert job is not None
-        job.results[index] = value
+        for index, value in zip(worker.indices, values):
+            try:
+                job.results[index] = _receive(value)
+            except OSError as exc:
+                job.results[index] = f"cannot receive decoded pixels: {exc}"
         job.decode_seconds += seconds
-        worker.next_index = index + 1
-        worker.last_progress = time.monotonic()
-        if worker.next_index >= len(job.payloads):
-            worker.job = None
-            job._finish()
+        worker.job = None
+        self._finish_if_done(job)
+
+    def _finish_if_done(self, job: DecodeJob) -> None:
+        """A job is done when no worker holds part of it and nothing of it is pending."""
+        if any(w.job is job for w in self._workers):
+            return
+        with self._lock:
+            if any(p[0] is job for p in self._pending):
+                return
+        job._finish()
 
     def _replace(self, worker: _Worker, reason: str) -> None:
-        """The image ``worker`` is on gets ``reason``; the worker is replaced; the rest of its job is requeued."""
-        job, key, index = worker.job, worker.key, worker.next_index
+        """The image ``worker`` is on gets ``reason``; the worker is replaced; the rest of its part of
+        the job (the images before that one too: their results went down with the worker) is requeued."""
+        job, key, indices, position = worker.job, worker.key, worker.indices, worker.progress.value
         worker.job = None
         worker.stop(kill=True)
         self._startup_failures = 0 if worker.ready else self._startup_failures + 1
@@ -316,12 +340,14 @@ class DecodePool(Decoder):
         self.replaced_workers += 1
         if job is None:
             return
-        job.results[index] = reason
-        if index + 1 < len(job.payloads):
+        rest = list(indices)
+        if 0 <= position < len(indices):
+            job.results[indices[position]] = reason
+            del rest[position]
+        if rest:
             with self._lock:
-                self._pending.appendleft((job, key, index + 1))
-        else:
-            job._finish()
+                self._pending.appendleft((job, key, rest))
+        self._finish_if_done(job)
 
     def close(self) -> None:
         """Stop the workers (jobs still pending are abandoned)."""

@@ -13,8 +13,16 @@ from PIL import Image
 
 from curator_cli.decode import DecodeOptions
 from curator_cli.decode_pool import DecodeJob, Decoder, decode_one
+from curator_cli.readers.base import ByteRange, payload_bytes
 
 JPEG_MAGIC = b"\xff\xd8\xff"
+
+
+def _read(payload: bytes | ByteRange | None) -> bytes | None:
+    try:
+        return payload_bytes(payload)
+    except OSError:
+        return None  # the CPU fallback reports the image as unreadable
 
 
 class GpuDecodeUnavailable(RuntimeError):
@@ -72,7 +80,7 @@ class GpuDecoder(Decoder):
         from torchvision.io import ImageReadMode, decode_jpeg
 
         t0 = time.perf_counter()
-        job = DecodeJob(payloads)
+        job = DecodeJob([_read(p) for p in payloads])
         on_gpu: list[int] = []
         for i, data in enumerate(job.payloads):
             size = _header_size(data) if data and data[:3] == JPEG_MAGIC else None

@@ -11,6 +11,26 @@ class ShardReadError(Exception):
 
 
 @dataclass(frozen=True)
+class ByteRange:
+    """Where an image's bytes lie in a file. Readers hand this to the decoders instead of the bytes,
+    so the reading of large members happens in the decode worker processes, in parallel."""
+
+    path: str
+    offset: int
+    size: int
+
+    def read(self) -> bytes:
+        with open(self.path, "rb") as handle:
+            handle.seek(self.offset)
+            return handle.read(self.size)
+
+
+def payload_bytes(payload: bytes | ByteRange | None) -> bytes | None:
+    """The bytes of a sample's payload, reading them if the reader deferred that."""
+    return payload.read() if isinstance(payload, ByteRange) else payload
+
+
+@dataclass(frozen=True)
 class ReadOptions:
     """Reader settings from the command line."""
 
@@ -28,7 +48,7 @@ class Sample:
 
     image_id: str
     image_path: str
-    data: bytes | None = None
+    data: bytes | ByteRange | None = None
     caption: str | None = None
     metadata: dict[str, Any] = field(default_factory=dict)
     passthrough: dict[str, Any] = field(default_factory=dict)

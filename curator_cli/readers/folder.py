@@ -6,7 +6,7 @@ import json
 from collections.abc import Iterator
 from pathlib import Path
 
-from curator_cli.readers.base import ReadOptions, Sample
+from curator_cli.readers.base import ByteRange, ReadOptions, Sample
 from curator_cli.shards import is_image_file
 
 
@@ -26,9 +26,8 @@ def read_folder(path: Path, options: ReadOptions) -> Iterator[Sample]:
                 metadata = parsed if isinstance(parsed, dict) else {"json": parsed}
             except (json.JSONDecodeError, UnicodeDecodeError):
                 metadata = {}
-        error = None
         try:
-            data = image.read_bytes()
+            data, error = ByteRange(str(image), 0, image.stat().st_size), None  # read by the decoder
         except OSError as exc:
             data, error = None, f"unreadable file: {exc.strerror or exc}"
         yield Sample(

@@ -8,7 +8,9 @@ import tarfile
 from collections.abc import Iterator
 from pathlib import Path
 
-from curator_cli.readers.base import ReadOptions, Sample, ShardReadError
+from curator_cli.readers.base import ByteRange, ReadOptions, Sample, ShardReadError, payload_bytes
+
+INLINE_BYTES = 16 << 10  # members up to this size are read here; larger ones by the decoders
 
 
 def split_member_name(name: str) -> tuple[str, str]:
@@ -32,22 +34,40 @@ def _check_end_marker(handle, offset: int) -> None:
         raise tarfile.ReadError("truncated: no end-of-archive marker after the last member")
 
 
-def iter_tar_groups(path: Path) -> Iterator[tuple[str, dict[str, bytes]]]:
-    """(key, {extension: bytes}) for each run of consecutive members with the same key, streaming."""
+def _headers(archive: tarfile.TarFile) -> Iterator[tarfile.TarInfo]:
+    """Members of a seekable archive, reading headers only; memory stays flat on large shards."""
+    while True:
+        info = archive.next()
+        if info is None:
+            return
+        archive.members.clear()
+        yield info
+
+
+def iter_tar_groups(path: Path) -> Iterator[tuple[str, dict[str, bytes | ByteRange]]]:
+    """(key, {extension: payload}) for each run of consecutive members with the same key, streaming.
+
+    In an uncompressed tar, members larger than ``INLINE_BYTES`` are not read here: their payload is
+    a :class:`ByteRange` the decoder reads. Compressed tars are read as a stream, bytes and all.
+    """
     current_key: str | None = None
-    members: dict[str, bytes] = {}
+    members: dict[str, bytes | ByteRange] = {}
+    compressed = _magic(path).startswith(COMPRESSED_MAGIC)
     try:
-        with open(path, "rb") as raw, tarfile.open(fileobj=raw, mode="r|*") as archive:
-            compressed = _magic(path).startswith(COMPRESSED_MAGIC)
-            for info in archive:
+        with open(path, "rb") as raw, tarfile.open(fileobj=raw, mode="r|*" if compressed else "r:") as archive:
+            for info in archive if compressed else _headers(archive):
                 if not info.isfile():
                     continue
                 base = posixpath.basename(info.name)
                 if base.startswith("__") or base.startswith("."):
                     continue
                 key, ext = split_member_name(info.name)
-                handle = archive.extractfile(info)
-                payload = handle.read() if handle is not None else b""
+                payload: bytes | ByteRange
+                if not compressed and info.size > INLINE_BYTES:
+                    payload = ByteRange(str(path), info.offset_data, info.size)
+                else:
+                    handle = archive.extractfile(info)
+                    payload = handle.read() if handle is not None else b""
                 if key != current_key:
                     if current_key is not None:
                         yield current_key, members
@@ -68,8 +88,8 @@ def _magic(path: Path) -> bytes:
         return handle.read(6)
 
 
-def _decode_text(payload: bytes) -> str:
-    return payload.decode("utf-8", errors="replace").strip()
+def _decode_text(payload: bytes | ByteRange) -> str:
+    return payload_bytes(payload).decode("utf-8", errors="replace").strip()
 
 
 def read_tar(path: Path, options: ReadOptions) -> Iterator[Sample]:
@@ -80,7 +100,7 @@ def read_tar(path: Path, options: ReadOptions) -> Iterator[Sample]:
         error = None
         if "json" in members:
             try:
-                parsed = json.loads(members["json"] or b"{}")
+                parsed = json.loads(payload_bytes(members["json"]) or b"{}")
                 metadata = parsed if isinstance(parsed, dict) else {"json": parsed}
             except (json.JSONDecodeError, UnicodeDecodeError):
                 metadata = {"json_text": _decode_text(members["json"])}
