@@ -200,7 +200,7 @@ def run_model(stage_name: str, paths: list[str], limit: int, passes: int = 3) ->
         for x in {tuple(x.shape): x for x in ready}.values():
             stage.forward(x)
     stage.process(ImageBatch(data=batches[0][:8]))
-    process_rates, forward_rates = [], []
+    process_rates, forward_rates, forward_bf16_rates = [], [], []
     for _ in range(passes):
         t0 = time.perf_counter()
         for objects in batches:
@@ -211,11 +211,21 @@ def run_model(stage_name: str, paths: list[str], limit: int, passes: int = 3) ->
             for x in ready:
                 stage.forward(x)
             forward_rates.append(len(images) / (time.perf_counter() - t0))
+            # the same at the precision curator runs opt-in stages with by default on this CPU
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                for x in {tuple(x.shape): x for x in ready}.values():
+                    stage.forward(x)
+                t0 = time.perf_counter()
+                for x in ready:
+                    stage.forward(x)
+                forward_bf16_rates.append(len(images) / (time.perf_counter() - t0))
     result: dict[str, Any] = {"images": len(images), "torch_threads": torch.get_num_threads(), "passes": passes,
                               "process_images_per_second": statistics.median(process_rates),
                               "process_all": process_rates}
     if forward_rates:
-        result.update(forward_images_per_second=statistics.median(forward_rates), forward_all=forward_rates)
+        result.update(forward_images_per_second=statistics.median(forward_rates), forward_all=forward_rates,
+                      forward_bf16_images_per_second=statistics.median(forward_bf16_rates),
+                      forward_bf16_all=forward_bf16_rates)
     stage.teardown()
     return result
 
