@@ -12,7 +12,7 @@ from pathlib import Path
 import click
 
 from curator_cli import __version__
-from curator_cli.pipeline import PRECISIONS
+from curator_cli.stages.runtime import PRECISIONS
 
 DEFAULT_STAGE = "perceptual"
 EXIT_OK, EXIT_SHARDS_FAILED, EXIT_USAGE, EXIT_SIGINT, EXIT_SIGTERM = 0, 1, 2, 130, 143

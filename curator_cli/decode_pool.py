@@ -73,6 +73,7 @@ def decode_one(data: bytes | ByteRange | None, options: DecodeOptions) -> Any:
 READY = "ready"
 SHM_DIR = "/dev/shm"
 SHM_MIN_FREE = 2 << 30  # below this much free shared memory, pixels go through the pipe instead
+SHM_MIN_BYTES = 256 << 10  # smaller images are cheaper to pickle through the pipe than to map
 
 
 def shared_memory_usable() -> bool:
@@ -106,7 +107,7 @@ def remove_orphaned_shared_memory() -> None:
 def _ship(array: np.ndarray, prefix: str | None, counter: itertools.count) -> Any:
     """Hand pixels to the parent: through a shared-memory file when possible (no pickling of
     megabytes through a pipe), else as the array itself."""
-    if prefix is None or array.nbytes == 0:
+    if prefix is None or array.nbytes < SHM_MIN_BYTES:
         return array
     name = f"{prefix}{os.getpid()}-{next(counter)}"
     try:

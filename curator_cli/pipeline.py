@@ -17,7 +17,6 @@ from PIL import Image
 from curator_cli.batching import DecodedBatch
 from curator_cli.decode import square_crop
 from curator_cli.stages.base import ProcessingStage
-from curator_cli.stages.runtime import PRECISIONS  # noqa: F401  (re-exported for the CLI)
 from curator_cli.tasks import ImageBatch, ImageObject
 from curator_cli.writer import OutputLayout, OutputRow
 

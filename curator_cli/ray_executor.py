@@ -98,6 +98,7 @@ class EmbedActor:
     def setup(self, on_node: bool) -> str | None:
         """Set the stages up; returns the error line instead of raising, so the driver can report it."""
         try:
+            self.processor.start()
             self.processor.setup(on_node)
         except StageSetupError as exc:
             return str(exc)

@@ -212,6 +212,7 @@ def run_local(shards: list[Shard], stages: list[ProcessingStage], options: Embed
         processor = ShardProcessor(stages, options, plan.decode, plan.config, worker)
         bar = _progress_bar(options.progress, len(plan.todo))
         try:
+            processor.start()  # decode workers start up while the stages load their models
             processor.setup()
             outcomes = processor.run(plan.todo, plan.targets, bar)
         finally:
@@ -246,12 +247,23 @@ class ShardProcessor:
         self.layout = OutputLayout(embedding_dtype=options.embedding_dtype, declared_scores=declared_scores(stages))
         self.context = StageContext(device=options.device, precision=options.precision, squares=decode.crop)
         self.stats = RunSummary(output_dir=str(options.output_dir))
+        self._decoder = None
+
+    def start(self) -> None:
+        """Start the decoders (worker processes take a moment to start; they serve every ``run``)."""
+        if self._decoder is None:
+            self._decoder = make_decoder(self.options, self.decode)
 
     def setup(self, on_node: bool = True) -> None:
         setup_stages(self.stages, self.worker, on_node)
 
     def teardown(self) -> None:
-        teardown_stages(self.stages)
+        try:
+            teardown_stages(self.stages)
+        finally:
+            if self._decoder is not None:
+                self._decoder.close()
+                self._decoder = None
 
     def run(self, shards: list[Shard], targets: dict[Shard, Path], bar=None) -> dict[str, ShardOutcome]:
         """Embed ``shards``; returns each shard's outcome. A failing shard does not stop the others
@@ -259,7 +271,9 @@ class ShardProcessor:
         options, stats = self.options, self.stats
         workers = max(1, options.num_workers)
         chunk = max(1, min(32, options.batch_size // (2 * workers)))
-        decoder = make_decoder(options, self.decode)
+        self.start()
+        decoder = self._decoder
+        replaced_before = decoder.replaced_workers
         writer = BackgroundWriter(self.layout)
         feeder = Feeder(shards, options.read, decoder, options.batch_size, chunk, prefetch=2)
         counts: dict[str, list[int]] = {}
@@ -317,9 +331,8 @@ class ShardProcessor:
         finally:
             feeder.stop()
             written = writer.close(discard=not clean_exit)
-            decoder.close()
             stats.seconds_write += writer.busy_seconds
-            stats.decode_workers_replaced += decoder.replaced_workers
+            stats.decode_workers_replaced += decoder.replaced_workers - replaced_before
             stats.embedding_dim = self.layout.dim
             stats.stage_batch_size = self.context.max_images or options.batch_size
         outcomes: dict[str, ShardOutcome] = {}
