@@ -71,6 +71,7 @@ def decode_one(data: bytes | ByteRange | None, options: DecodeOptions) -> Any:
 
 
 READY = "ready"
+JOBS_PER_WORKER = 2
 SHM_DIR = "/dev/shm"
 SHM_MIN_FREE = 2 << 30  # below this much free shared memory, pixels go through the pipe instead
 SHM_MIN_BYTES = 256 << 10  # smaller images are cheaper to pickle through the pipe than to map
@@ -141,10 +142,13 @@ def _receive(value: Any) -> Any:
     return np.frombuffer(view, dtype=np.uint8).reshape(shape)
 
 
-def _worker_main(conn: Connection, progress: Any, options: DecodeOptions, shm_prefix: str | None) -> None:
-    """Decode jobs until told to stop. ``progress`` (shared memory) holds the position, within the
-    current job, of the image being decoded: the parent's watch on hangs and crashes, at no message cost."""
+def _worker_main(conn: Connection, current: Any, progress: Any, options: DecodeOptions,
+                 shm_prefix: str | None) -> None:
+    """Decode jobs until told to stop. ``current`` and ``progress`` (shared memory) hold the key of
+    the job being decoded and the position in it: the parent's watch on hangs and crashes, at no
+    message cost."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when to stop
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # not the parent's handler, when forked
     Image.MAX_IMAGE_PIXELS = options.max_pixels
     counter = itertools.count()
     conn.send(READY)  # timeouts count from here, not from process start-up
@@ -156,6 +160,8 @@ def _worker_main(conn: Connection, progress: Any, options: DecodeOptions, shm_pr
         if message is None:
             return
         key, payloads = message
+        progress.value = -1
+        current.value = key
         t0 = time.perf_counter()
         values = []
         for position, data in enumerate(payloads):
@@ -186,15 +192,16 @@ class Decoder:
 class _Worker:
     def __init__(self, ctx: Any, options: DecodeOptions, shm_prefix: str | None) -> None:
         self.conn, child = ctx.Pipe(duplex=True)
+        self.current = ctx.RawValue("q", -1)
         self.progress = ctx.RawValue("q", -1)
-        self.process = ctx.Process(target=_worker_main, args=(child, self.progress, options, shm_prefix), daemon=True)
+        self.process = ctx.Process(target=_worker_main, args=(child, self.current, self.progress, options, shm_prefix),
+                                   daemon=True)
         self.process.start()
         child.close()
         self.ready = False
-        self.job: DecodeJob | None = None
-        self.key = -1
-        self.indices: list[int] = []  # which of the job's images this worker was sent
-        self.seen = -1  # the last progress value seen, and when it changed
+        # (job, key, indices) sent and not answered yet, oldest first: two, so a worker never waits for us
+        self.assigned: deque[tuple[DecodeJob, int, list[int]]] = deque()
+        self.seen: tuple[int, int] = (-1, -1)  # the last (job key, position) seen, and when it changed
         self.last_progress = 0.0
 
     def stop(self, kill: bool = False) -> None:
@@ -215,10 +222,13 @@ class _Worker:
 class DecodePool(Decoder):
     """``workers`` decode processes fed from a queue of jobs; a background thread routes results."""
 
-    def __init__(self, workers: int, options: DecodeOptions, timeout_s: float = 60.0) -> None:
+    def __init__(self, workers: int, options: DecodeOptions, timeout_s: float = 60.0,
+                 start_method: str = "spawn") -> None:
+        """``start_method``: "fork" starts workers in milliseconds (start the pool before threads or
+        models exist, as the runner does); "spawn" is the safe choice inside processes with threads (Ray)."""
         self.options = options
         self.timeout_s = timeout_s
-        self._ctx = multiprocessing.get_context("spawn")
+        self._ctx = multiprocessing.get_context(start_method)
         self._shm_prefix = _shm_prefix(os.getpid()) if shared_memory_usable() else None
         if self._shm_prefix:
             remove_orphaned_shared_memory()
@@ -254,11 +264,11 @@ class DecodePool(Decoder):
     def _assign(self) -> None:
         with self._lock:
             for worker in self._workers:
-                if worker.ready and worker.job is None and self._pending:
+                while worker.ready and len(worker.assigned) < JOBS_PER_WORKER and self._pending:
                     job, key, indices = self._pending.popleft()
-                    worker.job, worker.key, worker.indices = job, key, indices
-                    worker.progress.value = -1
-                    worker.seen, worker.last_progress = -1, time.monotonic()
+                    if not worker.assigned:
+                        worker.last_progress = time.monotonic()
+                    worker.assigned.append((job, key, indices))
                     worker.conn.send((key, [job.payloads[i] for i in indices]))
 
     def _run(self) -> None:
@@ -267,7 +277,7 @@ class DecodePool(Decoder):
         except BaseException as exc:  # the pool is unusable: fail every waiting job loudly
             self.error = exc
             with self._lock:
-                stranded = [job for job, _, _ in self._pending] + [w.job for w in self._workers if w.job]
+                stranded = [e[0] for e in self._pending] + [e[0] for w in self._workers for e in w.assigned]
                 self._pending.clear()
             for job in stranded:
                 job.error = exc
@@ -292,35 +302,35 @@ class DecodePool(Decoder):
                 if message == READY:
                     worker.ready = True
                     continue
-                key, values, seconds = message
-                if worker.job is None or key != worker.key:
-                    continue
-                self._record(worker, values, seconds)
+                self._answer(worker, message)
             now = time.monotonic()
             for worker in self._workers:
-                if worker.job is None:
+                if not worker.assigned:
                     continue
-                position = worker.progress.value
-                if position != worker.seen:
-                    worker.seen, worker.last_progress = position, now
+                state = (worker.current.value, worker.progress.value)
+                if state != worker.seen:
+                    worker.seen, worker.last_progress = state, now
                 elif now - worker.last_progress > self.timeout_s:
                     self._replace(worker, f"decode timed out after {self.timeout_s:g}s")
 
-    def _record(self, worker: _Worker, values: list[Any], seconds: float) -> None:
-        job = worker.job
-        assert job is not None
-        for index, value in zip(worker.indices, values):
+    def _answer(self, worker: _Worker, message: Any) -> None:
+        """A worker's results for its oldest assigned job."""
+        key, values, seconds = message
+        if not worker.assigned or worker.assigned[0][1] != key:
+            return  # not ours (cannot happen: workers answer in order)
+        job, _, indices = worker.assigned.popleft()
+        worker.last_progress = time.monotonic()
+        for index, value in zip(indices, values):
             try:
                 job.results[index] = _receive(value)
             except OSError as exc:
                 job.results[index] = f"cannot receive decoded pixels: {exc}"
         job.decode_seconds += seconds
-        worker.job = None
         self._finish_if_done(job)
 
     def _finish_if_done(self, job: DecodeJob) -> None:
         """A job is done when no worker holds part of it and nothing of it is pending."""
-        if any(w.job is job for w in self._workers):
+        if any(e[0] is job for w in self._workers for e in w.assigned):
             return
         with self._lock:
             if any(p[0] is job for p in self._pending):
@@ -330,8 +340,14 @@ class DecodePool(Decoder):
     def _replace(self, worker: _Worker, reason: str) -> None:
         """The image ``worker`` is on gets ``reason``; the worker is replaced; the rest of its part of
         the job (the images before that one too: their results went down with the worker) is requeued."""
-        job, key, indices, position = worker.job, worker.key, worker.indices, worker.progress.value
-        worker.job = None
+        try:  # answers already in the pipe are good ones
+            while worker.assigned and worker.conn.poll(0):
+                self._answer(worker, worker.conn.recv())
+        except (EOFError, OSError):
+            pass
+        entries = list(worker.assigned)
+        worker.assigned.clear()
+        current, position = worker.current.value, worker.progress.value
         worker.stop(kill=True)
         self._startup_failures = 0 if worker.ready else self._startup_failures + 1
         if self._startup_failures >= 3:
@@ -339,16 +355,18 @@ class DecodePool(Decoder):
         slot = self._workers.index(worker)
         self._workers[slot] = _Worker(self._ctx, self.options, self._shm_prefix)
         self.replaced_workers += 1
-        if job is None:
-            return
-        rest = list(indices)
-        if 0 <= position < len(indices):
-            job.results[indices[position]] = reason
-            del rest[position]
-        if rest:
-            with self._lock:
-                self._pending.appendleft((job, key, rest))
-        self._finish_if_done(job)
+        requeue = []
+        for job, key, indices in entries:
+            rest = list(indices)
+            if key == current and 0 <= position < len(indices):
+                job.results[indices[position]] = reason
+                del rest[position]
+            if rest:
+                requeue.append((job, key, rest))
+        with self._lock:
+            self._pending.extendleft(reversed(requeue))
+        for job, _, _ in entries:
+            self._finish_if_done(job)
 
     def close(self) -> None:
         """Stop the workers (jobs still pending are abandoned)."""
@@ -358,7 +376,7 @@ class DecodePool(Decoder):
         self._wake()
         self._thread.join(timeout=5)
         for worker in self._workers:
-            worker.stop(kill=worker.job is not None)
+            worker.stop(kill=bool(worker.assigned))
         self._wake_r.close()
         self._wake_w.close()
         if self._shm_prefix:  # pixels shipped for jobs nobody collected

@@ -84,7 +84,7 @@ class EmbedActor:
         set_active_device(device)
         self.index = index
         self.options = dataclasses.replace(options, device=device, progress=False,
-                                           num_workers=max(1, int(cpus)))
+                                           num_workers=max(1, int(cpus)), worker_start="spawn")
         worker = WorkerMetadata(worker_id=f"ray-actor-{index}", device=device,
                                 extra={"precision": options.precision, "decode_size": plan_decode.min_side})
         self.processor = ShardProcessor(load_stages(stage_specs, stage_args), self.options, plan_decode,

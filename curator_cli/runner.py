@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -54,6 +55,9 @@ class EmbedOptions:
     on_error: str = "continue"  # or "fail": stop at the first failing shard
     overwrite: bool = False
     progress: bool = False
+    # how decode workers start: fork is fast and safe here because the pool starts before any thread
+    # or model exists; Ray actors (threads from the start) use spawn
+    worker_start: str = field(default_factory=lambda: "fork" if sys.platform == "linux" else "spawn")
 
 
 def setup_stages(stages: list[ProcessingStage], worker: WorkerMetadata, on_node: bool = True) -> None:
@@ -139,7 +143,9 @@ def make_decoder(options: EmbedOptions, decode: DecodeOptions):
         return GpuDecoder(decode, options.device)
     if options.num_workers <= 0:
         return InlineDecoder(decode)
-    return DecodePool(options.num_workers, decode, options.decode_timeout)
+    # forking a process that runs other threads (Ray's, a test runner's) is not safe: spawn then
+    start = options.worker_start if threading.active_count() == 1 else "spawn"
+    return DecodePool(options.num_workers, decode, options.decode_timeout, start)
 
 
 def _progress_bar(enabled: bool, shards: int):
@@ -210,9 +216,9 @@ def run_local(shards: list[Shard], stages: list[ProcessingStage], options: Embed
         worker = WorkerMetadata(worker_id="local-0", device=options.device,
                                 extra={"precision": options.precision, "decode_size": plan.decode.min_side})
         processor = ShardProcessor(stages, options, plan.decode, plan.config, worker)
+        processor.start()  # decode workers start before any thread (the progress bar's) or model exists
         bar = _progress_bar(options.progress, len(plan.todo))
         try:
-            processor.start()  # decode workers start up while the stages load their models
             processor.setup()
             outcomes = processor.run(plan.todo, plan.targets, bar)
         finally:

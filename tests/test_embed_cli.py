@@ -14,7 +14,7 @@ import pyarrow.dataset  # noqa: F401  (pa.dataset)
 import pyarrow.parquet as pq
 import pytest
 
-from conftest import ROOT, img2dataset_tar, jpeg, read_output, unit_norms, write_parquet, write_tar
+from conftest import ROOT, img2dataset_tar, jpeg, read_output, unit_norms, write_parquet
 
 STAGES = textwrap.dedent('''
     from dataclasses import dataclass

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import signal
@@ -17,7 +16,7 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from conftest import encode, img2dataset_tar, jpeg, read_output, synthetic_photo, write_parquet, write_tar
+from conftest import encode, img2dataset_tar, jpeg, synthetic_photo, write_parquet, write_tar
 
 STAGES = textwrap.dedent('''
     from dataclasses import dataclass
