@@ -105,41 +105,72 @@ def remove_orphaned_shared_memory() -> None:
             continue
 
 
-def _ship(array: np.ndarray, prefix: str | None, counter: itertools.count) -> Any:
-    """Hand pixels to the parent: through a shared-memory file when possible (no pickling of
-    megabytes through a pipe), else as the array itself."""
-    if prefix is None or array.nbytes < SHM_MIN_BYTES:
-        return array
-    name = f"{prefix}{os.getpid()}-{next(counter)}"
-    try:
-        fd = os.open(name, os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o600)
-    except OSError:
-        return array
-    try:
-        os.posix_fallocate(fd, 0, array.nbytes)  # ENOSPC here, rather than SIGBUS on write
-        with mmap.mmap(fd, array.nbytes) as view:
-            np.frombuffer(view, dtype=np.uint8).reshape(array.shape)[...] = array
-    except OSError:
-        os.close(fd)
-        os.unlink(name)
-        return array
-    os.close(fd)
-    return ("shm", name, array.shape)
+class SlotWriter:
+    """A worker's side of the pixel hand-over: reusable shared-memory buffers, one per (job parity,
+    position in job). A buffer is reused two jobs later, by when the parent has copied it out (it
+    copies a job's pixels before it sends that worker another job), so there is no file creation,
+    zeroing or page faulting per image."""
+
+    def __init__(self, prefix: str | None) -> None:
+        self.prefix = prefix
+        self._maps: dict[str, tuple[mmap.mmap, int]] = {}
+
+    def ship(self, array: np.ndarray, slot: str) -> Any:
+        """``("slot", name, shape)`` once the pixels are in shared memory, else the array itself."""
+        if self.prefix is None or array.nbytes < SHM_MIN_BYTES:
+            return array
+        name = f"{self.prefix}{os.getpid()}-{slot}"
+        view, size = self._maps.get(name, (None, 0))
+        if size < array.nbytes:
+            size = max(array.nbytes, 2 * size)
+            fd = os.open(name, os.O_CREAT | os.O_RDWR, 0o600)
+            try:
+                os.posix_fallocate(fd, 0, size)  # ENOSPC here, rather than SIGBUS on write
+                if view is not None:
+                    view.close()
+                view = mmap.mmap(fd, size)
+            except OSError:
+                self._maps.pop(name, None)
+                return array
+            finally:
+                os.close(fd)
+            self._maps[name] = (view, size)
+        np.frombuffer(view, dtype=np.uint8, count=array.nbytes).reshape(array.shape)[...] = array
+        return ("slot", name, array.shape)
 
 
-def _receive(value: Any) -> Any:
-    """The parent's side of :func:`_ship`: map the file privately (writable, copy-on-write) and unlink it."""
-    if not (isinstance(value, tuple) and value and value[0] == "shm"):
-        return value
-    _, name, shape = value
-    fd = os.open(name, os.O_RDONLY)
-    try:
-        size = int(np.prod(shape))
-        view = mmap.mmap(fd, size, flags=mmap.MAP_PRIVATE, prot=mmap.PROT_READ | mmap.PROT_WRITE)
-    finally:
-        os.close(fd)
-        os.unlink(name)
-    return np.frombuffer(view, dtype=np.uint8).reshape(shape)
+class SlotReader:
+    """The parent's side: maps each worker buffer once and copies the pixels out of it."""
+
+    def __init__(self) -> None:
+        self._maps: dict[str, mmap.mmap] = {}
+
+    def receive(self, value: Any) -> Any:
+        if not (isinstance(value, tuple) and value and value[0] == "slot"):
+            return value
+        _, name, shape = value
+        count = int(np.prod(shape))
+        view = self._maps.get(name)
+        if view is None or len(view) < count:
+            fd = os.open(name, os.O_RDONLY)
+            try:
+                if view is not None:
+                    view.close()
+                view = mmap.mmap(fd, os.fstat(fd).st_size, prot=mmap.PROT_READ)
+            finally:
+                os.close(fd)
+            self._maps[name] = view
+        return np.frombuffer(view, dtype=np.uint8, count=count).reshape(shape).copy()
+
+    def close(self) -> None:
+        """Unmap and delete the buffers (the worker is gone or going)."""
+        for name, view in self._maps.items():
+            view.close()
+            try:
+                os.unlink(name)
+            except OSError:
+                pass
+        self._maps.clear()
 
 
 def _worker_main(conn: Connection, current: Any, progress: Any, options: DecodeOptions,
@@ -150,7 +181,8 @@ def _worker_main(conn: Connection, current: Any, progress: Any, options: DecodeO
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when to stop
     signal.signal(signal.SIGTERM, signal.SIG_DFL)  # not the parent's handler, when forked
     Image.MAX_IMAGE_PIXELS = options.max_pixels
-    counter = itertools.count()
+    slots = SlotWriter(shm_prefix)
+    jobs = itertools.count()
     conn.send(READY)  # timeouts count from here, not from process start-up
     while True:
         try:
@@ -162,12 +194,15 @@ def _worker_main(conn: Connection, current: Any, progress: Any, options: DecodeO
         key, payloads = message
         progress.value = -1
         current.value = key
+        parity = next(jobs) % JOBS_PER_WORKER
         t0 = time.perf_counter()
         values = []
         for position, data in enumerate(payloads):
             progress.value = position
             value = decode_one(data, options)
-            values.append(_ship(value, shm_prefix, counter) if isinstance(value, np.ndarray) else value)
+            if isinstance(value, np.ndarray):
+                value = slots.ship(value, f"{parity}-{position}")
+            values.append(value)
         conn.send((key, values, time.perf_counter() - t0))
 
 
@@ -203,6 +238,7 @@ class _Worker:
         self.assigned: deque[tuple[DecodeJob, int, list[int]]] = deque()
         self.seen: tuple[int, int] = (-1, -1)  # the last (job key, position) seen, and when it changed
         self.last_progress = 0.0
+        self.slots = SlotReader()
 
     def stop(self, kill: bool = False) -> None:
         if kill:
@@ -217,6 +253,7 @@ class _Worker:
             self.process.kill()
             self.process.join(timeout=5)
         self.conn.close()
+        self.slots.close()
 
 
 class DecodePool(Decoder):
@@ -322,7 +359,7 @@ class DecodePool(Decoder):
         worker.last_progress = time.monotonic()
         for index, value in zip(indices, values):
             try:
-                job.results[index] = _receive(value)
+                job.results[index] = worker.slots.receive(value)
             except OSError as exc:
                 job.results[index] = f"cannot receive decoded pixels: {exc}"
         job.decode_seconds += seconds
