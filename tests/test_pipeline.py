@@ -90,6 +90,19 @@ def test_rows_keep_input_order_across_workers_and_batches(cli, tmp_path, probes)
         assert embeddings[:, 2].max() <= 5
 
 
+def test_large_images_through_reused_shared_memory_buffers_stay_distinct(cli, tmp_path, probes):
+    """Pixels of large images travel through per-worker buffers reused from job to job: each row
+    must still get its own image (widths differ per image, so a mix-up would show)."""
+    members = [(f"{i:03d}.jpg", jpeg(i, (400 + 8 * i, 300))) for i in range(30)]
+    shard = write_tar(tmp_path / "big.tar", members)
+    result = cli("embed", shard, "-o", tmp_path / "out", "--stage", f"{probes}:Shapes", "--batch-size", "16",
+                 "--num-workers", "2")
+    assert result.exit_code == 0, result.output
+    embeddings = read_output(tmp_path / "out" / "big.parquet").column("embedding").to_pylist()
+    assert [e[1] for e in embeddings] == [400.0 + 8 * i for i in range(30)]
+    assert all(e[0] == 300.0 for e in embeddings)
+
+
 def test_a_slow_stage_does_not_let_reading_run_ahead(cli, tmp_path, probes, monkeypatch):
     """Memory stays bounded: reading never gets more than a few batches ahead of the stages."""
     img2dataset_tar(tmp_path / "in" / "00000.tar", 60, size=(32, 32))
