@@ -1,9 +1,11 @@
 """Decode worker processes: images decoded in parallel, returned in submission order, and no
 image can hang or crash the run.
 
-Workers report each image as it finishes. An image that takes longer than the per-image timeout,
-or kills its worker (a crash in a native decoder), gets an error naming why; its worker is
-replaced and the rest of its job is decoded by the next free worker.
+Each worker holds up to two jobs, answers each with one message, and publishes in shared memory
+which image it is on. An image that takes longer than the per-image timeout, or kills its worker
+(a crash in a native decoder), gets an error naming why; its worker is replaced and the rest of its
+jobs is decoded by the next free worker. Large pixel arrays come back through reusable
+shared-memory buffers, small ones through the pipe.
 """
 
 from __future__ import annotations
@@ -27,7 +29,6 @@ from PIL import Image
 
 from curator_cli.decode import DecodeError, DecodeOptions, decode_with
 from curator_cli.readers.base import ByteRange
-
 
 
 class DecodeJob:
