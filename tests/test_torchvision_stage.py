@@ -130,9 +130,9 @@ def test_bf16_precision_runs_under_autocast_and_stays_close_to_fp32():
     for precision in ("fp32", "bf16"):
         stage.setup(WorkerMetadata(device="cpu", extra={"precision": precision}))
         if precision == "fp32":
-            state = stage._net.state_dict()
+            state = stage._model.state_dict()
         else:
-            stage._net.load_state_dict(state)
+            stage._model.load_state_dict(state)
         batch = stage.process(ImageBatch(data=[ImageObject(image_data=img) for img in images]))
         results[precision] = np.stack([obj.embedding for obj in batch.data])
         stage.teardown()

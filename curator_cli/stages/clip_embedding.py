@@ -100,7 +100,7 @@ class ClipEmbeddingStage(ModelEmbeddingMixin, ProcessingStage[ImageBatch, ImageB
         choice = self.pretrained.strip()
         if choice.lower() != "none" and looks_like_path(choice) and not Path(choice).expanduser().is_file():
             raise ValueError(f"checkpoint file {choice!r} not found")
-        self._visual = None
+        self._model = None
         try:  # the input size, so the runner can decode small before setup() loads the model
             import open_clip
 
@@ -160,18 +160,8 @@ class ClipEmbeddingStage(ModelEmbeddingMixin, ProcessingStage[ImageBatch, ImageB
         del net  # the text tower is not needed for image embeddings
         self._preprocess = preprocess_of(visual)
         self.decode_size = self._preprocess.decode_size
-        self._visual = visual.eval().to(self._device)
-
-    def teardown(self) -> None:
-        import torch
-
-        self._visual = None
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
-
-    def _ready(self) -> bool:
-        return self._visual is not None
+        self._model = visual.eval().to(self._device)
 
     def _features(self, pixels: Any) -> Any:
-        features = self._visual(pixels)
+        features = self._model(pixels)
         return features[0] if isinstance(features, (tuple, list)) else features  # towers that also return tokens

@@ -9,17 +9,22 @@ from curator_cli.tasks import ImageBatch
 
 
 class ModelEmbeddingMixin:
-    """``process`` and the tensor fast path ``process_tensors`` for a stage that, in ``setup``, sets
-    ``_preprocess`` (a :class:`~curator_cli.stages.preprocess.Preprocess`), ``_device``, ``_precision``
-    and whatever ``_features(pixels)`` needs; ``batch_size`` images go through the model at a time."""
+    """``process``, the tensor fast path ``process_tensors`` and ``teardown`` for a stage that, in
+    ``setup``, sets ``_model``, ``_preprocess`` (a :class:`~curator_cli.stages.preprocess.Preprocess`),
+    ``_device`` and ``_precision``; ``batch_size`` images go through the model at a time."""
 
     normalize: bool = True
+    _model: Any = None
 
     def _features(self, pixels: Any) -> Any:  # -> torch.Tensor (N, D)
-        raise NotImplementedError
+        return self._model(pixels)
 
-    def _ready(self) -> bool:
-        raise NotImplementedError
+    def teardown(self) -> None:
+        import torch
+
+        self._model = None
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
 
     def process(self, task: ImageBatch) -> ImageBatch:
         return self._embed(task, [obj.image_data for obj in task.data])
@@ -31,7 +36,7 @@ class ModelEmbeddingMixin:
     def _embed(self, task: ImageBatch, images: list[Any]) -> ImageBatch:
         import torch.nn.functional as F
 
-        if not self._ready():
+        if self._model is None:
             raise RuntimeError(f"stage {self.name!r} used before setup()")
         for start in range(0, len(task.data), self.batch_size):
             chunk = task.data[start:start + self.batch_size]

@@ -149,7 +149,7 @@ class TorchvisionEmbeddingStage(ModelEmbeddingMixin, ProcessingStage[ImageBatch,
             self._weights_enum = reference = _resolve_weights(self.model, choice)
         self._preprocess = _preprocess_of(reference)
         self.decode_size = self._preprocess.decode_size
-        self._net = None
+        self._model = None
 
     def outputs(self) -> tuple[list[str], list[str]]:
         return ["data"], ["embedding"]
@@ -181,17 +181,4 @@ class TorchvisionEmbeddingStage(ModelEmbeddingMixin, ProcessingStage[ImageBatch,
     def setup(self, worker_metadata: WorkerMetadata | None = None) -> None:
         self._device = stage_device(worker_metadata)
         self._precision = stage_precision(worker_metadata)
-        self._net = self._build().eval().to(self._device)
-
-    def teardown(self) -> None:
-        import torch
-
-        self._net = None
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
-
-    def _ready(self) -> bool:
-        return self._net is not None
-
-    def _features(self, pixels: Any) -> Any:
-        return self._net(pixels)
+        self._model = self._build().eval().to(self._device)
