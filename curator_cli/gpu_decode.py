@@ -57,7 +57,7 @@ class GpuDecoder(Decoder):
             return image
         _, height, width = image.shape
         scale = size / min(height, width)
-        if scale < 1:
+        if scale < 1 or self.options.crop:  # squares must be exactly size x size, small images too
             new_h, new_w = max(size, round(height * scale)), max(size, round(width * scale))
             image = torch.nn.functional.interpolate(
                 image[None].float(), size=(new_h, new_w), mode="bilinear", antialias=True, align_corners=False

@@ -16,10 +16,9 @@ from PIL import Image
 
 from curator_cli.batching import DecodedBatch
 from curator_cli.decode import square_crop
-from curator_cli.stages.base import ProcessingStage
+from curator_cli.stages.base import ProcessingStage, apply_to_tasks
 from curator_cli.tasks import ImageBatch, ImageObject
 from curator_cli.writer import OutputLayout, OutputRow
-
 
 
 class StageFailure(Exception):
@@ -78,13 +77,15 @@ def pixel_tensor(images: list[np.ndarray], size: int, device: str):
     """N x 3 x size x size uint8 tensor (pinned when bound for CUDA) from H x W x 3 arrays."""
     import torch
 
-    if images and isinstance(images[0], torch.Tensor):  # already squares on the GPU (--decode gpu)
-        return torch.stack(images).permute(0, 3, 1, 2)
     squares = [
-        image if image.shape[:2] == (size, size) else np.asarray(square_crop(Image.fromarray(image), size))
+        image if isinstance(image, torch.Tensor) else torch.from_numpy(
+            image if image.shape[:2] == (size, size) else np.asarray(square_crop(Image.fromarray(image), size)))
         for image in images
     ]
-    batch = torch.from_numpy(np.stack(squares)).permute(0, 3, 1, 2)
+    on_gpu = next((t.device for t in squares if t.is_cuda), None)  # --decode gpu keeps its squares there
+    if on_gpu is not None:  # JPEGs decoded on the GPU, the rest (CPU fallback) joins them there
+        return torch.stack([t.to(on_gpu) for t in squares]).permute(0, 3, 1, 2)
+    batch = torch.stack(squares).permute(0, 3, 1, 2)
     if device.startswith("cuda"):
         batch = batch.pin_memory()
     return batch
@@ -118,19 +119,12 @@ def _call_stage(stage: ProcessingStage, tasks: list[ImageBatch], context: StageC
     with _autocast(stage, context):
         if not (context.squares and uses_tensors(stage)):
             return stage.process_batch(tasks)
-        results: list[ImageBatch] = []
-        size = int(getattr(stage, "decode_size", None) or 224)
-        for task in tasks:
-            missing = stage.missing_inputs(task)
-            if missing:
-                raise ValueError(f"stage {stage.name!r} needs {', '.join(missing)} on its input task")
-            pixels = pixel_tensor([obj.image_data for obj in task.data], size, context.device)
-            result = stage.process_tensors(pixels, task)
-            if isinstance(result, list):
-                results.extend(result)
-            elif result is not None:
-                results.append(result)
-        return results
+        size = int(stage.decode_size)  # squares are cut only for stages that declare it
+
+        def with_tensors(task: ImageBatch):
+            return stage.process_tensors(pixel_tensor([obj.image_data for obj in task.data], size, context.device), task)
+
+        return apply_to_tasks(stage, tasks, with_tensors)
 
 
 def _survivors(tasks: list[ImageBatch], alive: dict[int, ImageObject]) -> dict[int, ImageObject]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from typing import Any, Generic, TypeVar
 
 from curator_cli.stages.resources import Resources
@@ -31,6 +32,25 @@ def _own_value(stage: ProcessingStage, attr: str) -> Any:
         if attr in klass.__dict__:
             return klass.__dict__[attr]
     return None
+
+
+def apply_to_tasks(stage: ProcessingStage, tasks: list[Task], handle: Callable[[Task], Any]) -> list:
+    """``handle`` each task after checking it against ``stage.inputs()``; a returned list fans out,
+    ``None`` filters the task out. The loop behind ``process_batch`` (and the tensor fast path)."""
+    results: list = []
+    for task in tasks:
+        missing = stage.missing_inputs(task)
+        if missing:
+            raise ValueError(
+                f"stage {stage.name!r} needs {', '.join(missing)} on its input task {task!r}, "
+                "which an earlier stage should have set"
+            )
+        result = handle(task)
+        if isinstance(result, list):
+            results.extend(result)
+        elif result is not None:
+            results.append(result)
+    return results
 
 
 class ProcessingStage(ABC, Generic[X, Y]):
@@ -103,20 +123,7 @@ class ProcessingStage(ABC, Generic[X, Y]):
 
     def process_batch(self, tasks: list[X]) -> list[Y]:
         """Process several tasks; the default checks ``inputs()`` and calls ``process`` on each."""
-        results: list[Y] = []
-        for task in tasks:
-            missing = self.missing_inputs(task)
-            if missing:
-                raise ValueError(
-                    f"stage {self.name!r} needs {', '.join(missing)} on its input task {task!r}, "
-                    "which an earlier stage should have set"
-                )
-            result = self.process(task)
-            if isinstance(result, list):
-                results.extend(result)
-            elif result is not None:
-                results.append(result)
-        return results
+        return apply_to_tasks(self, tasks, self.process)
 
     def setup_on_node(self, node_info: NodeInfo | None = None, worker_metadata: WorkerMetadata | None = None) -> None:
         """Called once per machine before any worker's ``setup`` (download or cache weights here)."""
