@@ -139,7 +139,8 @@ def embed(inputs, output, stage_specs, stage_args, batch_size, device, image_ext
     if not exts:
         raise UsageError("--image-ext names no extension")
     try:
-        stages = load_stages(list(stage_specs) or [DEFAULT_STAGE], list(stage_args))
+        specs = list(stage_specs) or [DEFAULT_STAGE]
+        stages = load_stages(specs, list(stage_args))
         chosen_device = resolve_device(device)
         if decode_mode == "gpu" and not chosen_device.startswith("cuda"):
             raise DeviceError("--decode gpu needs a CUDA device, and this run uses the CPU "
@@ -180,8 +181,7 @@ def embed(inputs, output, stage_specs, stage_args, batch_size, device, image_ext
             if executor == "ray":
                 from curator_cli.ray_executor import run_ray
 
-                summary = run_ray(shards, list(stage_specs) or [DEFAULT_STAGE], list(stage_args), stages, options,
-                                  ray_address, num_actors)
+                summary = run_ray(shards, specs, list(stage_args), stages, options, ray_address, num_actors)
             else:
                 summary = run_local(shards, stages, options)
     except (LockedError, ConfigMismatchError) as exc:

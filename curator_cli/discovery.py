@@ -10,7 +10,6 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import sys
-import typing
 from dataclasses import dataclass, field
 
 from curator_cli.stage_loader import StageArg, StageSpecError, resolve_stage_class, stage_arguments, stage_entry_points
@@ -72,15 +71,8 @@ def find_stage(spec: str) -> StageInfo:
     return describe_class(spec, target, resolve_stage_class(spec))
 
 
-def type_text(arg: StageArg) -> str:
-    """The argument's type as a user writes it: ``int``, ``float | None``, ``relu|gelu|none``."""
-    if typing.get_origin(arg.type) is typing.Literal:
-        return "|".join(str(option) for option in typing.get_args(arg.type))
-    return arg.type_name
-
-
 def default_text(arg: StageArg) -> str:
-    return "(required)" if arg.default is dataclasses.MISSING else repr(arg.default)
+    return "(required)" if arg.required else repr(arg.default)
 
 
 def format_list(infos: list[StageInfo]) -> str:
@@ -100,7 +92,7 @@ def format_list(infos: list[StageInfo]) -> str:
                 continue
             lines.append(f"  {info.name:<{width}}  {info.summary}")
             args = ", ".join(
-                f"{a.name}: {type_text(a)} (required)" if a.required else f"{a.name}: {type_text(a)} = {default_text(a)}"
+                f"{a.name}: {a.type_name} (required)" if a.required else f"{a.name}: {a.type_name} = {default_text(a)}"
                 for a in info.arguments
             )
             lines.append(f"  {'':<{width}}  args: {args or 'none'}")
@@ -121,7 +113,7 @@ def format_one(info: StageInfo) -> str:
     if not info.arguments:
         lines.append("  none")
     else:
-        rows = [(a.name, type_text(a), default_text(a)) for a in info.arguments]
+        rows = [(a.name, a.type_name, default_text(a)) for a in info.arguments]
         widths = [max(len(row[i]) for row in rows) for i in range(2)]
         for arg_name, type_name, default in rows:
             lines.append(f"  {arg_name:<{widths[0]}}  {type_name:<{widths[1]}}  {default}")

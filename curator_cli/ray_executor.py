@@ -172,6 +172,11 @@ def run_ray(shards: list[Shard], stage_specs: list[str], stage_args: list[str], 
     return finish_run(plan, outcomes, started)
 
 
+def _actor_record(number: int) -> dict[str, Any]:
+    """What the summary reports per actor (a replacement actor counts as a new one)."""
+    return {"actor": number, "shards": 0, "images": 0, "seconds": 0.0}
+
+
 def _schedule(ray: Any, plan: Any, actors: list[Any], replace, options: EmbedOptions):
     """Hand shards to idle actors until all are done; retry a shard whose actor died on a new actor."""
     from ray.exceptions import RayActorError, RayTaskError
@@ -181,7 +186,7 @@ def _schedule(ray: Any, plan: Any, actors: list[Any], replace, options: EmbedOpt
     outcomes: dict[str, ShardOutcome] = {}
     in_flight: dict[Any, tuple[int, Shard]] = {}
     idle = list(range(len(actors)))
-    per_actor = [{"actor": i, "shards": 0, "images": 0, "seconds": 0.0} for i in range(len(actors))]
+    per_actor = [_actor_record(i) for i in range(len(actors))]
     record_of_slot = list(range(len(actors)))  # a replacement actor gets a record of its own
     bar = _progress_bar(options.progress, len(plan.todo))
     stop = False
@@ -205,7 +210,7 @@ def _schedule(ray: Any, plan: Any, actors: list[Any], replace, options: EmbedOpt
                             error=f"failed on {MAX_ATTEMPTS} actors; last: {type(exc).__name__}")
                         _report_failure(bar, shard.name, outcomes[shard.name].error)
                     record_of_slot[slot] = len(per_actor)
-                    per_actor.append({"actor": len(per_actor), "shards": 0, "images": 0, "seconds": 0.0})
+                    per_actor.append(_actor_record(len(per_actor)))
                     actors[slot] = replace(record_of_slot[slot])
                     idle.append(slot)
                     continue

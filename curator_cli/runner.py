@@ -286,6 +286,14 @@ class ShardProcessor:
         failed: dict[str, str] = {}
         finished = 0
         clean_exit = False
+
+        def fail(key: str, reason: str) -> bool:
+            """Drop the shard's output and report it; True when the run should stop (--on-error fail)."""
+            failed[key] = reason
+            writer.abort(key, reason)
+            _report_failure(bar, key, reason)
+            return options.on_error == "fail"
+
         try:
             for event in _timed(feeder, stats):
                 if isinstance(event, FeederCrashed):
@@ -301,10 +309,7 @@ class ShardProcessor:
                         rows = self._run_batch(event)
                     except StageFailure as exc:
                         log.error("shard %s: %s", key, exc, exc_info=exc.error)
-                        failed[key] = str(exc)
-                        writer.abort(key, str(exc))
-                        _report_failure(bar, key, str(exc))
-                        if options.on_error == "fail":
+                        if fail(key, str(exc)):
                             break
                         continue
                     writer.write(key, rows)
@@ -324,10 +329,7 @@ class ShardProcessor:
                         continue
                     reason = event.error or (None if event.samples else "empty shard: no samples")
                     if reason:
-                        failed[key] = reason
-                        writer.abort(key, reason)
-                        _report_failure(bar, key, reason)
-                        if options.on_error == "fail":
+                        if fail(key, reason):
                             break
                         continue
                     rows, bad = counts.get(key, [0, 0])

@@ -160,8 +160,11 @@ def stage_arguments(cls: type) -> list[StageArg]:
 
 
 def _type_name(tp: Any) -> str:
+    """A field's type as a user writes its value: ``int``, ``float | None``, ``relu|gelu|none``."""
     if isinstance(tp, str):
         return tp
+    if typing.get_origin(tp) is typing.Literal:
+        return "|".join(str(option) for option in typing.get_args(tp))
     if tp is Any:
         return "any"
     if isinstance(tp, type) and not typing.get_args(tp):

@@ -235,11 +235,14 @@ class BackgroundWriter:
             try:
                 self._apply(command, key, payload)
             except Exception as exc:
-                writer = self._writers.pop(key, None)
-                if writer is not None:
-                    writer.abort()
-                self.outcomes[key] = WriteOutcome(error=f"writing output failed: {type(exc).__name__}: {exc}")
+                self._write_failed(key, self._writers.pop(key, None), exc)
             self.busy_seconds += time.perf_counter() - t0
+
+    def _write_failed(self, key: str, writer: ShardWriter | None, error: Exception) -> None:
+        """A disk or encoding error fails this shard only; its partial file goes."""
+        if writer is not None:
+            writer.abort()
+        self.outcomes[key] = WriteOutcome(error=f"writing output failed: {type(error).__name__}: {error}")
 
     def _apply(self, command: str, key: str, payload) -> None:
         if command == "open":
@@ -273,6 +276,5 @@ class BackgroundWriter:
             try:
                 self.outcomes[key] = WriteOutcome(rows=writer.commit(manifest))
             except Exception as exc:
-                writer.abort()
-                self.outcomes[key] = WriteOutcome(error=f"writing output failed: {type(exc).__name__}: {exc}")
+                self._write_failed(key, writer, exc)
         self._waiting.clear()
