@@ -34,7 +34,7 @@ from curator_cli.readers.base import ByteRange
 class DecodeJob:
     """Encoded images submitted together; :meth:`wait` returns one array or reason string per image."""
 
-    def __init__(self, payloads: Sequence[bytes | None]) -> None:
+    def __init__(self, payloads: Sequence[bytes | ByteRange | None]) -> None:
         self.payloads = list(payloads)
         self.results: list[Any] = [None] * len(self.payloads)
         self.decode_seconds = 0.0
@@ -212,7 +212,7 @@ class Decoder:
 
     replaced_workers = 0
 
-    def submit(self, payloads: Sequence[bytes | None]) -> DecodeJob:
+    def submit(self, payloads: Sequence[bytes | ByteRange | None]) -> DecodeJob:
         raise NotImplementedError
 
     def close(self) -> None:
@@ -282,7 +282,7 @@ class DecodePool(Decoder):
         self._thread = threading.Thread(target=self._run, name="curator-decode-dispatch", daemon=True)
         self._thread.start()
 
-    def submit(self, payloads: Sequence[bytes | None]) -> DecodeJob:
+    def submit(self, payloads: Sequence[bytes | ByteRange | None]) -> DecodeJob:
         if self.error is not None:
             raise RuntimeError(f"decode pool failed: {self.error}") from self.error
         job = DecodeJob(payloads)
@@ -432,7 +432,7 @@ class InlineDecoder(Decoder):
         self.options = options
         Image.MAX_IMAGE_PIXELS = options.max_pixels
 
-    def submit(self, payloads: Sequence[bytes | None]) -> DecodeJob:
+    def submit(self, payloads: Sequence[bytes | ByteRange | None]) -> DecodeJob:
         job = DecodeJob(payloads)
         for i, data in enumerate(job.payloads):
             t0 = time.perf_counter()

@@ -75,7 +75,7 @@ class GpuDecoder(Decoder):
             return image.permute(1, 2, 0)
         return image.permute(1, 2, 0).cpu().numpy()
 
-    def submit(self, payloads: Sequence[bytes | None]) -> DecodeJob:
+    def submit(self, payloads: Sequence[bytes | ByteRange | None]) -> DecodeJob:
         import torch
         from torchvision.io import ImageReadMode, decode_jpeg
 
