@@ -1,8 +1,10 @@
 """The feeder: reads shards in a background thread, sends their images to the decoders, and hands
 the runner an ordered stream of events (shard opened, batch ready, shard finished).
 
-At most ``prefetch`` batches wait in the queue, so memory is bounded whatever the dataset size,
-and decoding of the next batches overlaps the stages working on the current one.
+At most ``prefetch`` batches are read or decoding ahead of the one the stages hold, so memory is
+bounded whatever the dataset size, and decoding of the next batches overlaps the stages working on
+the current one (and the stages' setup, before the first). Only batches count against the bound:
+the small shard-opened/finished events between them never hold the read-ahead back.
 """
 
 from __future__ import annotations
@@ -84,16 +86,24 @@ class Feeder:
         self.decoder = decoder
         self.batch_size = batch_size
         self.chunk_size = max(1, chunk_size)
-        self._events: queue.Queue = queue.Queue(maxsize=max(1, prefetch))
+        self._events: queue.Queue = queue.Queue()
+        self._batch_slots = threading.Semaphore(max(1, prefetch))  # one per batch read ahead
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="curator-feeder", daemon=True)
 
+    def start(self) -> None:
+        """Start reading and decoding (iterating starts it too); idempotent."""
+        if not self._thread.is_alive() and self._thread.ident is None:
+            self._thread.start()
+
     def __iter__(self) -> Iterator[Any]:
-        self._thread.start()
+        self.start()
         while True:
             event = self._events.get()
             if event is None:
                 return
+            if isinstance(event, BatchReady):
+                self._batch_slots.release()  # the stages hold this one now: read the next
             yield event
 
     def stop(self) -> None:
@@ -108,13 +118,16 @@ class Feeder:
             self._thread.join(timeout=10)
 
     def _put(self, event: Any) -> None:
-        while not self._stop.is_set():
-            try:
-                self._events.put(event, timeout=0.2)
-                return
-            except queue.Full:
-                continue
-        raise _Stopped
+        if self._stop.is_set():
+            raise _Stopped
+        self._events.put(event)
+
+    def _new_batch(self, shard: Shard, index: int) -> BatchReady:
+        """Wait for a free read-ahead slot, then start batch ``index`` of ``shard``."""
+        while not self._batch_slots.acquire(timeout=0.2):
+            if self._stop.is_set():
+                raise _Stopped
+        return BatchReady(shard, index, [])
 
     def _run(self) -> None:
         try:
@@ -148,7 +161,7 @@ class Feeder:
             self._put(ShardFinished(shard, 0, time.perf_counter() - t0, str(exc)))
             return
         self._put(ShardOpened(shard, opened.passthrough_fields))
-        batch = BatchReady(shard, batch_index, [])
+        batch = self._new_batch(shard, batch_index)
         chunk: list[int] = []
         samples = iter(opened)
         while True:
@@ -176,11 +189,13 @@ class Feeder:
                     chunk = []
                 self._put(batch)
                 batch_index += 1
-                batch = BatchReady(shard, batch_index, [])
+                batch = self._new_batch(shard, batch_index)
         if chunk:
             self._submit(batch, chunk)
         if batch.samples:
             self._put(batch)
+        else:
+            self._batch_slots.release()  # the shard ended on a batch boundary: that slot is unused
         self._put(ShardFinished(shard, count, read_seconds, error))
 
 

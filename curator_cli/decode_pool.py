@@ -6,6 +6,11 @@ which image it is on. An image that takes longer than the per-image timeout, or 
 (a crash in a native decoder), gets an error naming why; its worker is replaced and the rest of its
 jobs is decoded by the next free worker. Large pixel arrays come back through reusable
 shared-memory buffers, small ones through the pipe.
+
+When the stages compute on the same CPUs (no GPU), workers run at a low priority (nice): the model
+is what bounds such a run, so decoding should fill its idle moments, not preempt its threads. The
+timeout then counts only the time a worker could run (wall time less time spent waiting for a CPU),
+so a worker starved by a busy model is not taken for a hung one.
 """
 
 from __future__ import annotations
@@ -85,6 +90,16 @@ def shared_memory_usable() -> bool:
     except OSError:
         return False
     return st.f_bavail * st.f_frsize >= SHM_MIN_FREE
+
+
+def cpu_wait_seconds(pid: int) -> float | None:
+    """Seconds process ``pid`` has spent runnable but waiting for a CPU (Linux /proc/PID/schedstat),
+    or None where that is not known."""
+    try:
+        with open(f"/proc/{pid}/schedstat", "rb") as handle:
+            return int(handle.read().split()[1]) / 1e9
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 def _shm_prefix(parent_pid: int) -> str:
@@ -175,13 +190,18 @@ class SlotReader:
 
 
 def _worker_main(conn: Connection, current: Any, progress: Any, options: DecodeOptions,
-                 shm_prefix: str | None) -> None:
+                 shm_prefix: str | None, nice: int) -> None:
     """Decode jobs until told to stop. ``current`` and ``progress`` (shared memory) hold the key of
     the job being decoded and the position in it: the parent's watch on hangs and crashes, at no
     message cost."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when to stop
     signal.signal(signal.SIGTERM, signal.SIG_DFL)  # not the parent's handler, when forked
     Image.MAX_IMAGE_PIXELS = options.max_pixels
+    if nice:
+        try:
+            os.nice(nice)
+        except OSError:
+            pass
     slots = SlotWriter(shm_prefix)
     jobs = itertools.count()
     conn.send(READY)  # timeouts count from here, not from process start-up
@@ -226,12 +246,12 @@ class Decoder:
 
 
 class _Worker:
-    def __init__(self, ctx: Any, options: DecodeOptions, shm_prefix: str | None) -> None:
+    def __init__(self, ctx: Any, options: DecodeOptions, shm_prefix: str | None, nice: int) -> None:
         self.conn, child = ctx.Pipe(duplex=True)
         self.current = ctx.RawValue("q", -1)
         self.progress = ctx.RawValue("q", -1)
-        self.process = ctx.Process(target=_worker_main, args=(child, self.current, self.progress, options, shm_prefix),
-                                   daemon=True)
+        self.process = ctx.Process(target=_worker_main, daemon=True,
+                                   args=(child, self.current, self.progress, options, shm_prefix, nice))
         self.process.start()
         child.close()
         self.ready = False
@@ -240,6 +260,15 @@ class _Worker:
         self.seen: tuple[int, int] = (-1, -1)  # the last (job key, position) seen, and when it changed
         self.last_progress = 0.0
         self.slots = SlotReader()
+        self._waited = 0.0  # seconds this worker spent runnable but without a CPU, as last read
+
+    def clock(self) -> float:
+        """The clock decode timeouts run on: monotonic time less the time the worker waited for a CPU
+        (plain monotonic time where the kernel does not say)."""
+        waited = cpu_wait_seconds(self.process.pid)
+        if waited is not None:
+            self._waited = waited
+        return time.monotonic() - self._waited
 
     def stop(self, kill: bool = False) -> None:
         if kill:
@@ -261,16 +290,18 @@ class DecodePool(Decoder):
     """``workers`` decode processes fed from a queue of jobs; a background thread routes results."""
 
     def __init__(self, workers: int, options: DecodeOptions, timeout_s: float = 60.0,
-                 start_method: str = "spawn") -> None:
+                 start_method: str = "spawn", nice: int = 0) -> None:
         """``start_method``: "fork" starts workers in milliseconds (start the pool before threads or
-        models exist, as the runner does); "spawn" is the safe choice inside processes with threads (Ray)."""
+        models exist, as the runner does); "spawn" is the safe choice inside processes with threads (Ray).
+        ``nice``: added to the workers' niceness (lower priority), for runs whose stages use the CPU."""
         self.options = options
         self.timeout_s = timeout_s
+        self.nice = nice
         self._ctx = multiprocessing.get_context(start_method)
         self._shm_prefix = _shm_prefix(os.getpid()) if shared_memory_usable() else None
         if self._shm_prefix:
             remove_orphaned_shared_memory()
-        self._workers = [_Worker(self._ctx, options, self._shm_prefix) for _ in range(workers)]
+        self._workers = [_Worker(self._ctx, options, self._shm_prefix, nice) for _ in range(workers)]
         self._pending: deque[tuple[DecodeJob, int, list[int]]] = deque()
         self._keys = 0
         self._lock = threading.Lock()
@@ -305,7 +336,7 @@ class DecodePool(Decoder):
                 while worker.ready and len(worker.assigned) < JOBS_PER_WORKER and self._pending:
                     job, key, indices = self._pending.popleft()
                     if not worker.assigned:
-                        worker.last_progress = time.monotonic()
+                        worker.last_progress = worker.clock()
                     worker.assigned.append((job, key, indices))
                     worker.conn.send((key, [job.payloads[i] for i in indices]))
 
@@ -341,10 +372,10 @@ class DecodePool(Decoder):
                     worker.ready = True
                     continue
                 self._answer(worker, message)
-            now = time.monotonic()
             for worker in self._workers:
                 if not worker.assigned:
                     continue
+                now = worker.clock()
                 state = (worker.current.value, worker.progress.value)
                 if state != worker.seen:
                     worker.seen, worker.last_progress = state, now
@@ -357,7 +388,7 @@ class DecodePool(Decoder):
         if not worker.assigned or worker.assigned[0][1] != key:
             return  # not ours (cannot happen: workers answer in order)
         job, _, indices = worker.assigned.popleft()
-        worker.last_progress = time.monotonic()
+        worker.last_progress = worker.clock()
         for index, value in zip(indices, values):
             try:
                 job.results[index] = worker.slots.receive(value)
@@ -391,7 +422,7 @@ class DecodePool(Decoder):
         if self._startup_failures >= 3:
             raise RuntimeError("decode worker processes die before they start; try --num-workers 0")
         slot = self._workers.index(worker)
-        self._workers[slot] = _Worker(self._ctx, self.options, self._shm_prefix)
+        self._workers[slot] = _Worker(self._ctx, self.options, self._shm_prefix, self.nice)
         self.replaced_workers += 1
         requeue = []
         for job, key, indices in entries:

@@ -136,6 +136,12 @@ def clean_stale_temporaries(output_dir: Path) -> int:
     return removed
 
 
+# Stages on the CPU share the cores with the decode workers: a worker preempting one of the model's
+# threads stalls the others at their next barrier, so workers yield (bench/RESULTS.md: resnet18 on 2
+# cores, stage time per 250-image batch 3.8 s with workers at the model's priority, 3.2 s at nice 19).
+DECODE_NICE_BESIDE_CPU_STAGES = 19
+
+
 def make_decoder(options: EmbedOptions, decode: DecodeOptions):
     if options.decode == "gpu":
         from curator_cli.gpu_decode import GpuDecoder
@@ -145,7 +151,8 @@ def make_decoder(options: EmbedOptions, decode: DecodeOptions):
         return InlineDecoder(decode)
     # forking a process that runs other threads (Ray's, a test runner's) is not safe: spawn then
     start = options.worker_start if threading.active_count() == 1 else "spawn"
-    return DecodePool(options.num_workers, decode, options.decode_timeout, start)
+    nice = DECODE_NICE_BESIDE_CPU_STAGES if options.device == "cpu" else 0
+    return DecodePool(options.num_workers, decode, options.decode_timeout, start, nice)
 
 
 def _progress_bar(enabled: bool, shards: int):
@@ -218,8 +225,7 @@ def run_local(shards: list[Shard], stages: list[ProcessingStage], options: Embed
         processor = ShardProcessor(stages, options, plan.decode, plan.config, worker)
         processor.start()  # decode workers start before any thread (the progress bar's) or model exists
         bar = _progress_bar(options.progress, len(plan.todo))
-        try:
-            processor.setup()
+        try:  # run() sets the stages up once the first images are decoding
             outcomes = processor.run(plan.todo, plan.targets, bar)
         finally:
             bar.close()
@@ -254,6 +260,7 @@ class ShardProcessor:
         self.context = StageContext(device=options.device, precision=options.precision, squares=decode.crop)
         self.stats = RunSummary(output_dir=str(options.output_dir))
         self._decoder = None
+        self._set_up = False
 
     def start(self) -> None:
         """Start the decoders (worker processes take a moment to start; they serve every ``run``)."""
@@ -261,7 +268,10 @@ class ShardProcessor:
             self._decoder = make_decoder(self.options, self.decode)
 
     def setup(self, on_node: bool = True) -> None:
+        t0 = time.perf_counter()
         setup_stages(self.stages, self.worker, on_node)
+        self._set_up = True
+        self.stats.seconds_setup += time.perf_counter() - t0
 
     def teardown(self) -> None:
         try:
@@ -273,7 +283,10 @@ class ShardProcessor:
 
     def run(self, shards: list[Shard], targets: dict[Shard, Path], bar=None) -> dict[str, ShardOutcome]:
         """Embed ``shards``; returns each shard's outcome. A failing shard does not stop the others
-        (unless ``--on-error fail``); an exception (interrupt, bug) discards the shards in progress."""
+        (unless ``--on-error fail``); an exception (interrupt, bug) discards the shards in progress.
+
+        Stages not set up yet are set up here, after the feeder has started, so the first batches
+        decode while the model loads."""
         options, stats = self.options, self.stats
         workers = max(1, options.num_workers)
         chunk = max(1, min(32, options.batch_size // (2 * workers)))
@@ -295,6 +308,9 @@ class ShardProcessor:
             return options.on_error == "fail"
 
         try:
+            if not self._set_up:
+                feeder.start()
+                self.setup()
             for event in _timed(feeder, stats):
                 if isinstance(event, FeederCrashed):
                     raise event.error

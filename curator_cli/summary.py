@@ -29,6 +29,7 @@ class RunSummary:
     stage_batch_size: int | None = None  # images per stage call that worked (smaller after CUDA OOM)
     decode_workers_replaced: int = 0  # workers killed by a hanging or crashing image
     seconds: float = 0.0
+    seconds_setup: float = 0.0  # the stages' setup (model load), while the first images decode
     seconds_read: float = 0.0
     seconds_decode: float = 0.0
     seconds_wait_input: float = 0.0
@@ -43,7 +44,7 @@ class RunSummary:
 
     def merge_stats(self, other: RunSummary) -> None:
         """Add another worker's time split, error kinds and settings learned (dimension, batch size)."""
-        for name in ("seconds_read", "seconds_decode", "seconds_wait_input", "seconds_stages", "seconds_write"):
+        for name in ("seconds_setup", "seconds_read", "seconds_decode", "seconds_wait_input", "seconds_stages", "seconds_write"):
             setattr(self, name, getattr(self, name) + getattr(other, name))
         self.decode_workers_replaced += other.decode_workers_replaced
         for kind, count in other.errors_by_kind.items():
@@ -82,7 +83,7 @@ class RunSummary:
         if self.embedding_dim:
             line += f"; embedding dim {self.embedding_dim}"
         busy = {
-            "read": self.seconds_read, "decode": self.seconds_decode, "wait for input": self.seconds_wait_input,
+            "setup": self.seconds_setup, "read": self.seconds_read, "decode": self.seconds_decode, "wait for input": self.seconds_wait_input,
             "stages": self.seconds_stages, "write": self.seconds_write,
         }
         line += ". Time: " + ", ".join(f"{k} {v:.1f}s" for k, v in busy.items()) + "."

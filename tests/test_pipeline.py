@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import textwrap
+import time
 
 import numpy as np
 import pytest
@@ -12,7 +14,7 @@ from PIL import Image
 
 import curator_cli.readers as readers
 from curator_cli.decode import DecodeOptions
-from curator_cli.decode_pool import DecodePool
+from curator_cli.decode_pool import DecodePool, cpu_wait_seconds
 
 from conftest import encode, img2dataset_tar, jpeg, read_output, synthetic_photo, write_tar
 
@@ -133,6 +135,79 @@ def test_a_slow_stage_does_not_let_reading_run_ahead(cli, tmp_path, probes, monk
     assert 0 < lead <= 4 * 5, f"reading ran {lead} samples ahead of the stages"
 
 
+def test_read_ahead_counts_batches_not_shards(tmp_path, monkeypatch):
+    """Shards smaller than a batch: the feeder still reads ``prefetch`` whole batches ahead of the
+    one the stages hold (shard boundaries do not use up the read-ahead), and no more."""
+    from curator_cli.batching import BatchReady, Feeder
+    from curator_cli.decode_pool import InlineDecoder
+    from curator_cli.readers import ReadOptions
+    from curator_cli.shards import find_shards
+
+    for s in range(6):
+        img2dataset_tar(tmp_path / f"{s:05d}.tar", 3, first_seed=10 * s, size=(24, 24))
+    read = []
+    original = readers.read_tar
+
+    def counting_read_tar(path, options):
+        for sample in original(path, options):
+            read.append(1)
+            yield sample
+
+    monkeypatch.setattr(readers, "read_tar", counting_read_tar)
+    feeder = Feeder(find_shards([str(tmp_path)]), ReadOptions(), InlineDecoder(DecodeOptions()), batch_size=8,
+                    chunk_size=2, prefetch=2)
+    events = iter(feeder)
+    try:
+        assert isinstance(next(e for e in events if isinstance(e, BatchReady)), BatchReady)  # held by "the stages"
+        deadline = time.monotonic() + 10
+        while len(read) < 9 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        time.sleep(0.3)  # room to overrun the bound, if it were not kept
+        assert len(read) == 9, f"{len(read)} samples read: expected 3 one-batch shards (held + 2 ahead)"
+    finally:
+        feeder.stop()
+
+
+def test_stage_setup_overlaps_the_first_reads_and_decodes(tmp_path, monkeypatch):
+    """A slow model load is not followed by a wait for the first batch: reading and decoding start
+    before the stages' setup and go on while it runs."""
+    from curator_cli.runner import EmbedOptions, run_local
+    from curator_cli.shards import find_shards
+    from curator_cli.stages.base import ProcessingStage
+    from curator_cli.tasks import ImageBatch
+
+    img2dataset_tar(tmp_path / "in" / "00000.tar", 6, size=(32, 32))
+    read = []
+    original = readers.read_tar
+
+    def counting_read_tar(path, options):
+        for sample in original(path, options):
+            read.append(1)
+            yield sample
+
+    monkeypatch.setattr(readers, "read_tar", counting_read_tar)
+
+    class SlowSetup(ProcessingStage[ImageBatch, ImageBatch]):
+        name = "slow_setup"
+
+        def setup(self, worker_metadata=None):
+            deadline = time.monotonic() + 10  # a model load that lasts until the reader has been busy
+            while len(read) < 6 and time.monotonic() < deadline:
+                time.sleep(0.01)
+            self.read_during_setup = len(read)
+
+        def process(self, task):
+            for obj in task.data:
+                obj.embedding = np.ones(2, np.float32)
+            return task
+
+    stage = SlowSetup()
+    summary = run_local(find_shards([str(tmp_path / "in")]), [stage],
+                        EmbedOptions(output_dir=tmp_path / "out", num_workers=1))
+    assert stage.read_during_setup == 6
+    assert summary.images == 6 and summary.seconds_setup > 0
+
+
 def test_decode_size_declared_overridden_and_full(cli, tmp_path, probes):
     members = [("big.jpg", jpeg(1, (640, 480))), ("png.png", encode(synthetic_photo(2, (400, 300)), "PNG"))]
     shard = write_tar(tmp_path / "s.tar", members)
@@ -185,11 +260,12 @@ def test_summary_reports_throughput_and_time_split(cli, tmp_path):
     result = cli("embed", tmp_path / "s.tar", "-o", tmp_path / "out", "--summary-json", tmp_path / "s.json")
     assert result.exit_code == 0
     summary = json.loads((tmp_path / "s.json").read_text())
-    for key in ("images_per_second", "seconds_read", "seconds_decode", "seconds_wait_input",
+    for key in ("images_per_second", "seconds_setup", "seconds_read", "seconds_decode", "seconds_wait_input",
                 "seconds_stages", "seconds_write"):
         assert summary[key] >= 0
+    assert summary["seconds_setup"] > 0  # the default stage builds its filters in setup
     assert summary["decode_min_side"] == 64  # the default stage declares 64
-    assert "Time: read" in result.output
+    assert "Time: setup" in result.output and "stages" in result.output
 
 
 def _slow_png() -> bytes:
@@ -210,11 +286,46 @@ def test_pool_times_out_one_image_and_survives_a_crash():
         assert pool.replaced_workers == 1
     with DecodePool(1, DecodeOptions(), timeout_s=60) as pool:
         job = pool.submit([slow, jpeg(3)])
-        import time
-
         deadline = time.monotonic() + 10
         while pool._workers[0].progress.value != 0 and time.monotonic() < deadline:
             time.sleep(0.005)  # until the worker is decoding the slow image
         pool._workers[0].process.kill()  # as a segfault in a native decoder would
         results = job.wait()
         assert results[0].startswith("decoder crashed") and isinstance(results[1], np.ndarray)
+
+
+@pytest.mark.skipif(cpu_wait_seconds(os.getpid()) is None, reason="no /proc/PID/schedstat here")
+def test_decode_timeout_clock_stops_while_a_worker_waits_for_a_cpu():
+    """Workers beside a CPU model run at low priority and may wait long for a CPU: that wait must
+    not count as a hung decode. A niced busy process beside one busy process per core barely
+    runs, and the kernel accounts nearly all of its time as waiting."""
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("fork")
+    hogs = [ctx.Process(target=_spin, args=(0, 3.0), daemon=True) for _ in range(os.cpu_count() or 1)]
+    starved = ctx.Process(target=_spin, args=(19, 3.0), daemon=True)
+    for p in [*hogs, starved]:
+        p.start()
+    try:
+        time.sleep(0.3)
+        wait0, t0 = cpu_wait_seconds(starved.pid), time.monotonic()
+        time.sleep(1.0)
+        waited, elapsed = cpu_wait_seconds(starved.pid) - wait0, time.monotonic() - t0
+        assert waited > 0.5 * elapsed, (waited, elapsed)  # so its timeout clock advanced < half the wall time
+    finally:
+        for p in [*hogs, starved]:
+            p.kill()
+            p.join()
+
+
+def _spin(nice: int, seconds: float) -> None:
+    os.nice(nice)
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        pass
+
+
+def test_decode_workers_beside_cpu_stages_run_at_low_priority():
+    with DecodePool(1, DecodeOptions(), nice=19) as pool:
+        assert isinstance(pool.submit([jpeg(1)]).wait()[0], np.ndarray)  # the worker is up
+        assert os.getpriority(os.PRIO_PROCESS, pool._workers[0].process.pid) == min(19, os.nice(0) + 19)
