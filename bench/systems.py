@@ -170,9 +170,13 @@ def run_model(stage_name: str, paths: list[str], limit: int, passes: int = 3) ->
     ``process_*`` times ``stage.process`` on ImageBatches of ``BATCH_SIZE`` images already decoded
     at the stage's ``decode_size`` (shorter side 224 for resnet18: what a size-aware decoder hands
     it; full size for the mean stage), so it includes the stage's own resize/crop/normalise. For
-    resnet18, ``forward_*`` times the model alone on ready normalised tensors (``model_batch`` each).
-    The model is warmed up on every batch shape first (oneDNN picks kernels per shape).
+    resnet18, ``forward_*`` times the model alone on ready normalised tensors (``model_batch`` each),
+    and ``tensors_*`` the stage as curator calls it by default: ``process_tensors`` on pre-decoded
+    ``BATCH_SIZE`` uint8 squares, under autocast at curator's default precision on this CPU.
+    Everything is warmed up on every batch shape first (oneDNN picks kernels per shape).
     """
+    from curator_cli.pipeline import default_precision
+
     import torch
 
     stage = make_stage(stage_name)
@@ -192,6 +196,9 @@ def run_model(stage_name: str, paths: list[str], limit: int, passes: int = 3) ->
     batches = [[ImageObject(image_id=str(i), image_data=img) for i, img in enumerate(images[s:s + BATCH_SIZE])]
                for s in range(0, len(images), BATCH_SIZE)]
     ready = []
+    squares = []  # what curator's tensor fast path hands the stage: N x 3 x S x S uint8 (NHWC in memory)
+    precision = default_precision("cpu")
+    autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16")
     if isinstance(stage, ResNet18Stage):
         crops = np.stack([resize_center_crop(img, stage.decode_size) for img in images])
         mean, std = stage._mean.cpu(), stage._std.cpu()
@@ -199,8 +206,17 @@ def run_model(stage_name: str, paths: list[str], limit: int, passes: int = 3) ->
                  for s in range(0, len(crops), stage.model_batch)]
         for x in {tuple(x.shape): x for x in ready}.values():
             stage.forward(x)
+        squares = [torch.from_numpy(crops[s:s + BATCH_SIZE]).permute(0, 3, 1, 2) for s in range(0, len(crops), BATCH_SIZE)]
+
+    def tensors_pass() -> None:
+        with torch.inference_mode(), autocast:
+            for pixels, objects in zip(squares, batches):
+                stage.process_tensors(pixels, ImageBatch(data=objects))
+
     stage.process(ImageBatch(data=batches[0][:8]))
-    process_rates, forward_rates, forward_bf16_rates = [], [], []
+    if squares:
+        tensors_pass()
+    process_rates, forward_rates, forward_bf16_rates, tensors_rates = [], [], [], []
     for _ in range(passes):
         t0 = time.perf_counter()
         for objects in batches:
@@ -219,6 +235,10 @@ def run_model(stage_name: str, paths: list[str], limit: int, passes: int = 3) ->
                 for x in ready:
                     stage.forward(x)
                 forward_bf16_rates.append(len(images) / (time.perf_counter() - t0))
+        if squares:
+            t0 = time.perf_counter()
+            tensors_pass()
+            tensors_rates.append(len(images) / (time.perf_counter() - t0))
     result: dict[str, Any] = {"images": len(images), "torch_threads": torch.get_num_threads(), "passes": passes,
                               "process_images_per_second": statistics.median(process_rates),
                               "process_all": process_rates}
@@ -226,6 +246,9 @@ def run_model(stage_name: str, paths: list[str], limit: int, passes: int = 3) ->
         result.update(forward_images_per_second=statistics.median(forward_rates), forward_all=forward_rates,
                       forward_bf16_images_per_second=statistics.median(forward_bf16_rates),
                       forward_bf16_all=forward_bf16_rates)
+    if tensors_rates:
+        result.update(tensors_images_per_second=statistics.median(tensors_rates), tensors_all=tensors_rates,
+                      tensors_precision=precision)
     stage.teardown()
     return result
 
