@@ -30,9 +30,10 @@ test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not slow"
 
 # Bench-only dependencies (Ray Data, psutil) go into the venv here, never into pyproject's deps or extras.
+# (psutil is imported first: Ray vendors a copy that only its own import puts on sys.path.)
 BENCH_DEPS ?= 'ray[data]' psutil
 bench: $(STAMP)
-	$(BIN)/python -c "import ray.data, psutil" 2>/dev/null || $(BIN)/python -m pip install --quiet $(BENCH_DEPS)
+	$(BIN)/python -c "import psutil, ray.data" 2>/dev/null || $(BIN)/python -m pip install --quiet $(BENCH_DEPS)
 	$(BIN)/python bench/run.py $(BENCH_ARGS)
 
 clean:

@@ -60,7 +60,8 @@ class Plan:
 
 
 QUICK = Plan(spec=DatasetSpec(shards=4, per_shard=40), mean_shards=2, resnet_shards=1, memory_shards=(1, 4),
-             resnet_long_shards=2, repeats=1, resnet_repeats=1, ceiling_images=60, model_images={"mean": 40, "resnet18": 16})
+             resnet_long_shards=2, repeats=1, resnet_repeats=1, ceiling_images=60,
+             model_images={"mean": 40, "resnet18": 16})
 
 
 class TreeSampler:

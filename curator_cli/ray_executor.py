@@ -89,6 +89,7 @@ class EmbedActor:
                                 extra={"precision": options.precision, "decode_size": plan_decode.min_side})
         self.processor = ShardProcessor(load_stages(stage_specs, stage_args), self.options, plan_decode,
                                         config, worker)
+        self._setup_seconds = 0.0  # reported with the first shard's stats
 
     def node_id(self) -> str:
         import ray
@@ -102,11 +103,13 @@ class EmbedActor:
             self.processor.setup(on_node)
         except StageSetupError as exc:
             return str(exc)
+        self._setup_seconds = self.processor.stats.seconds_setup
         return None
 
     def process(self, shard_path: str, shard_format: str, target: str) -> tuple[ShardOutcome, RunSummary, float]:
         shard = Shard(Path(shard_path), shard_format)
-        self.processor.stats = RunSummary(output_dir=str(self.options.output_dir))
+        self.processor.stats = RunSummary(output_dir=str(self.options.output_dir), seconds_setup=self._setup_seconds)
+        self._setup_seconds = 0.0
         t0 = time.perf_counter()
         outcomes = self.processor.run([shard], {shard: Path(target)})
         outcome = outcomes.get(shard.name, ShardOutcome(error="not processed"))

@@ -44,7 +44,8 @@ class RunSummary:
 
     def merge_stats(self, other: RunSummary) -> None:
         """Add another worker's time split, error kinds and settings learned (dimension, batch size)."""
-        for name in ("seconds_setup", "seconds_read", "seconds_decode", "seconds_wait_input", "seconds_stages", "seconds_write"):
+        for name in ("seconds_setup", "seconds_read", "seconds_decode", "seconds_wait_input", "seconds_stages",
+                     "seconds_write"):
             setattr(self, name, getattr(self, name) + getattr(other, name))
         self.decode_workers_replaced += other.decode_workers_replaced
         for kind, count in other.errors_by_kind.items():
@@ -83,8 +84,8 @@ class RunSummary:
         if self.embedding_dim:
             line += f"; embedding dim {self.embedding_dim}"
         busy = {
-            "setup": self.seconds_setup, "read": self.seconds_read, "decode": self.seconds_decode, "wait for input": self.seconds_wait_input,
-            "stages": self.seconds_stages, "write": self.seconds_write,
+            "setup": self.seconds_setup, "read": self.seconds_read, "decode": self.seconds_decode,
+            "wait for input": self.seconds_wait_input, "stages": self.seconds_stages, "write": self.seconds_write,
         }
         line += ". Time: " + ", ".join(f"{k} {v:.1f}s" for k, v in busy.items()) + "."
         return line

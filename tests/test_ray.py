@@ -104,6 +104,7 @@ def test_ray_run_equals_local_run(cli, tmp_path, ray_cluster):
     assert_same_output(tmp_path / "local", tmp_path / "ray")
     summary = json.loads((tmp_path / "s.json").read_text())
     assert summary["shards_written"] == 2 and summary["images"] == 14
+    assert summary["seconds_setup"] > 0  # the actors' stage setup is in the time split
     assert sum(w["shards"] for w in summary["workers"]) == 2 and all("images_per_second" in w for w in summary["workers"])
     again = cli("embed", ROOT / "sample_data", "-o", tmp_path / "ray", "--executor", "ray",
                 "--summary-json", tmp_path / "s.json")
