@@ -255,6 +255,35 @@ def test_gpu_decode_without_cuda_is_a_clear_error(cli, tmp_path):
     assert result.exit_code == 2 and "--decode gpu needs a CUDA device" in result.output
 
 
+@pytest.mark.filterwarnings("ignore:The image decoding and encoding capabilities of TorchVision:DeprecationWarning")
+def test_gpu_decoder_logic_with_the_cpu_standing_in_for_nvjpeg():
+    """What ``--decode gpu`` does around nvJPEG, run here with torchvision's CPU JPEG decoder in its
+    place (no GPU in CI): batched JPEGs become exact squares close to the CPU path's, everything
+    else falls back per image to the CPU decoder with its reason, and the pixel limit holds."""
+    import torch
+
+    from curator_cli.decode import decode_with
+    from curator_cli.gpu_decode import GpuDecoder
+
+    options = DecodeOptions(min_side=64, crop=True, max_pixels=200 * 200)
+    decoder = GpuDecoder.__new__(GpuDecoder)  # skips the CUDA check only
+    decoder.options, decoder.device = options, torch.device("cpu")
+    photo = jpeg(1, (160, 96))
+    png = encode(synthetic_photo(2, (80, 120)), "PNG")
+    broken = photo[: len(photo) // 3]  # a JPEG header, then nothing decodable
+    huge = jpeg(3, (300, 200))
+    results = decoder.submit([photo, png, broken, None, huge, jpeg(4, (40, 30))]).wait()
+    square = results[0]
+    assert isinstance(square, torch.Tensor) and tuple(square.shape) == (64, 64, 3) and square.dtype == torch.uint8
+    reference = decode_with(photo, options).astype(np.float32)
+    assert np.abs(square.numpy().astype(np.float32) - reference).mean() < 6  # same picture, same framing
+    assert isinstance(results[1], np.ndarray) and results[1].shape == (64, 64, 3)  # PNG: CPU fallback
+    assert isinstance(results[2], str) and results[2]  # truncated: a reason, from the CPU fallback
+    assert results[3] == "no image data"
+    assert results[4].startswith("too many pixels")
+    assert tuple(results[5].shape) == (64, 64, 3)  # smaller than the square: scaled up to it
+
+
 def test_summary_reports_throughput_and_time_split(cli, tmp_path):
     img2dataset_tar(tmp_path / "s.tar", 4)
     result = cli("embed", tmp_path / "s.tar", "-o", tmp_path / "out", "--summary-json", tmp_path / "s.json")
