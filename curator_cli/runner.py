@@ -289,7 +289,8 @@ class ShardProcessor:
         decode while the model loads."""
         options, stats = self.options, self.stats
         workers = max(1, options.num_workers)
-        chunk = max(1, min(32, options.batch_size // (2 * workers)))
+        # CPU workers share a batch in small jobs; nvJPEG decodes a whole batch in one call
+        chunk = options.batch_size if options.decode == "gpu" else max(1, min(32, options.batch_size // (2 * workers)))
         self.start()
         decoder = self._decoder
         replaced_before = decoder.replaced_workers

@@ -1,0 +1,99 @@
+"""The CUDA paths: run only where torch sees a GPU (skipped in CI, which has none).
+
+A session lent a GPU machine runs them with ``bench/gpu_check.sh`` (see bench/README.md): the
+device, the GPU decoder (nvJPEG), pinned tensors for the fast path, and a real out-of-memory
+back-off.
+"""
+
+from __future__ import annotations
+
+import json
+import textwrap
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import ROOT, encode, img2dataset_tar, jpeg, read_output, synthetic_photo, write_tar
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+RESNET = ["--stage", "torchvision", "--stage-arg", "model=resnet18", "--stage-arg", "weights=none"]
+
+
+def embeddings_of(table) -> dict[str, np.ndarray]:
+    """image_id -> embedding, for the rows that have one."""
+    return {key: np.asarray(vector, np.float32) for key, vector in
+            zip(table.column("image_id").to_pylist(), table.column("embedding").to_pylist()) if vector is not None}
+
+
+def min_cosine(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> float:
+    assert a.keys() == b.keys()
+    return min(float(a[k] @ b[k] / (np.linalg.norm(a[k]) * np.linalg.norm(b[k]))) for k in a)
+
+
+def test_cuda_run_agrees_with_the_cpu_run(cli, tmp_path):
+    """Same stage, same seeded random weights: the GPU (bf16 by default) gives the CPU's embeddings."""
+    outputs = {}
+    for device in ("cpu", "cuda"):
+        out = tmp_path / device
+        result = cli("embed", ROOT / "sample_data" / "webdataset", "-o", out, *RESNET, "--device", device,
+                     "--summary-json", tmp_path / f"{device}.json")
+        assert result.exit_code == 0, result.output
+        outputs[device] = {p.name: embeddings_of(read_output(p)) for p in sorted(out.glob("*.parquet"))}
+    assert outputs["cpu"].keys() == outputs["cuda"].keys() and outputs["cpu"]
+    for name in outputs["cpu"]:
+        assert min_cosine(outputs["cpu"][name], outputs["cuda"][name]) > 0.98
+    assert json.loads((tmp_path / "cuda.json").read_text())["images"] > 0
+
+
+def test_gpu_decode_matches_cpu_decode_and_falls_back_per_image(cli, tmp_path):
+    members = [(f"{i:03d}.jpg", jpeg(i, (320 + 16 * i, 240))) for i in range(6)]
+    members += [("png.png", encode(synthetic_photo(9, (200, 150)), "PNG")), ("bad.jpg", jpeg(10)[:200])]
+    shard = write_tar(tmp_path / "s.tar", members)
+    results = {}
+    for mode in ("cpu", "gpu"):
+        out = tmp_path / mode
+        result = cli("embed", shard, "-o", out, *RESNET, "--device", "cuda", "--decode", mode)
+        assert result.exit_code == 0, result.output
+        results[mode] = read_output(out / "s.parquet")
+    errors = dict(zip(results["gpu"].column("image_id").to_pylist(), results["gpu"].column("error").to_pylist()))
+    assert errors["png"] is None and errors["bad"]  # PNG decoded by the CPU fallback; the truncated JPEG reported
+    assert min_cosine(embeddings_of(results["cpu"]), embeddings_of(results["gpu"])) > 0.97
+
+
+def test_tensor_fast_path_hands_pinned_memory_to_cuda_stages():
+    from curator_cli.pipeline import pixel_tensor
+
+    batch = pixel_tensor([np.zeros((40, 50, 3), np.uint8), np.ones((64, 64, 3), np.uint8)], 64, "cuda")
+    assert tuple(batch.shape) == (2, 3, 64, 64) and batch.dtype == torch.uint8 and batch.is_pinned()
+
+
+def test_a_real_cuda_out_of_memory_halves_the_batch(cli, tmp_path):
+    """A stage whose memory grows with the batch: past what the GPU holds, curator halves the batch
+    until it fits, and every image still gets its embedding."""
+    free, _ = torch.cuda.mem_get_info()
+    per_image = free // 3  # two images fit, four do not
+    stage = tmp_path / "hungry.py"
+    stage.write_text(textwrap.dedent(f'''
+        import torch
+        from curator_cli.stages.base import ProcessingStage
+        from curator_cli.tasks import ImageBatch
+
+        class Hungry(ProcessingStage[ImageBatch, ImageBatch]):
+            name = "hungry"
+
+            def process(self, task):
+                scratch = torch.empty(len(task.data) * {per_image}, dtype=torch.uint8, device="cuda")
+                for obj in task.data:
+                    obj.embedding = torch.tensor([float(scratch.numel() > 0), 1.0])
+                del scratch
+                return task
+    '''))
+    img2dataset_tar(tmp_path / "s.tar", 9)
+    result = cli("embed", tmp_path / "s.tar", "-o", tmp_path / "out", "--stage", f"{stage}:Hungry",
+                 "--device", "cuda", "--batch-size", "8", "--summary-json", tmp_path / "s.json")
+    assert result.exit_code == 0, result.output
+    table = read_output(tmp_path / "out" / "s.parquet")
+    assert table.num_rows == 9 and table.column("error").null_count == 9
+    assert json.loads((tmp_path / "s.json").read_text())["stage_batch_size"] <= 2
