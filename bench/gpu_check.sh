@@ -13,6 +13,10 @@ export PYTHONUNBUFFERED=1
   python3 -c "import sys, torch, torchvision, pyarrow, PIL; print(sys.version.split()[0], 'torch', torch.__version__, 'torchvision', torchvision.__version__, 'pyarrow', pyarrow.__version__, 'pillow', PIL.__version__, 'cuda', torch.cuda.is_available())"
   nproc
 } 2>&1 | tee "$OUT/device.txt"
-python3 -m pip install --quiet --no-deps --no-build-isolation --no-index -e . 2>&1 | tail -3 | tee "$OUT/install.log"
+# the source tree is importable as it is (built-in stages need no install); the install only adds
+# the `curator` command, so a failure is logged, not fatal
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+python3 -m pip install --quiet --no-deps --no-build-isolation --no-index -e . >"$OUT/install.log" 2>&1 \
+  || echo "pip install failed (see install.log); going on from the source tree" | tee -a "$OUT/device.txt"
 timeout 200 python3 -m pytest -q -p no:cacheprovider -o addopts="" tests/test_cuda.py tests/test_pipeline.py 2>&1 | tee "$OUT/tests.log"
 timeout 300 python3 bench/gpu.py --json "$OUT/gpu.json" 2>&1 | tee "$OUT/bench.log"

@@ -80,7 +80,8 @@ def _setup_logging(log_file: Path | None, quiet: bool) -> None:
               help="Decode images no smaller than N on the shorter side (default: what the stages "
                    "declare), or 'full' for full resolution.")
 @click.option("--decode-timeout", type=click.FloatRange(min=0.1), default=60.0, show_default=True,
-              help="Seconds one image may take to decode before it is given up as an error.")
+              help="Seconds one image may take to decode before it is given up as an error "
+                   "(time a decode worker waits for a CPU does not count, on Linux).")
 @click.option("--precision", type=click.Choice(PRECISIONS), default=None,
               help="Autocast precision for stages that opt in (default: bf16 on CUDA and on CPUs "
                    "with native bf16, else fp32).")

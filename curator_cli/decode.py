@@ -51,8 +51,8 @@ def _to_rgb(image: Image.Image) -> Image.Image:
 def square_crop(image: Image.Image, size: int) -> Image.Image:
     """Resize the shorter side to ``size`` (antialiased) and cut the centre ``size`` x ``size`` square.
 
-    Only the centre square is resampled (Pillow's ``box``), which gives the same pixels as resizing
-    the whole image and cropping, for a fraction of the work on wide or tall images.
+    Only the centre square is resampled (Pillow's ``box``): the picture resizing the whole image and
+    cropping gives (centred to the sub-pixel rather than the pixel), for less work.
     """
     width, height = image.size
     side = min(width, height)

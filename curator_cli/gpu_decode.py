@@ -1,9 +1,15 @@
 """``--decode gpu``: batched JPEG decoding on the GPU with nvJPEG (``torchvision.io.decode_jpeg``),
-resized on the GPU; anything that is not a JPEG, or that nvJPEG rejects, is decoded on the CPU.
+resized on the GPU; anything that is not a JPEG, that nvJPEG rejects, or whose EXIF says it is
+rotated or mirrored (torchvision's CUDA decoder ignores EXIF orientation), is decoded on the CPU.
+
+Decoding and resizing run on a CUDA stream of their own, synchronised before the pixels are handed
+over, and the consumer marks the squares as used on its stream (``pixel_tensor``): nvJPEG writes
+from a private stream, so memory the model's stream may still read must not be handed to it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import io
 import time
 from collections.abc import Sequence
@@ -29,10 +35,14 @@ class GpuDecodeUnavailable(RuntimeError):
     """``--decode gpu`` on a machine without CUDA."""
 
 
-def _header_size(data: bytes) -> tuple[int, int] | None:
+EXIF_ORIENTATION = 0x0112
+
+
+def _jpeg_header(data: bytes) -> tuple[int, int, int] | None:
+    """(width, height, EXIF orientation) from a JPEG's header, None when it cannot be parsed."""
     try:
         with Image.open(io.BytesIO(data)) as image:
-            return image.size
+            return (*image.size, int(image.getexif().get(EXIF_ORIENTATION, 1)))
     except Exception:
         return None
 
@@ -47,6 +57,13 @@ class GpuDecoder(Decoder):
             raise GpuDecodeUnavailable("--decode gpu needs a CUDA device (use --decode cpu on this machine)")
         self.options = options
         self.device = torch.device(device)
+        self._stream = torch.cuda.Stream(device=self.device)
+
+    def _on_own_stream(self):
+        """Work on the decoder's own CUDA stream (nothing to switch on the CPU)."""
+        import torch
+
+        return torch.cuda.stream(self._stream) if self.device.type == "cuda" else contextlib.nullcontext()
 
     def _resize(self, image: Any) -> Any:
         """(3, H, W) uint8 on the GPU -> shorter side ``min_side`` (and the centre square when cropping)."""
@@ -76,20 +93,32 @@ class GpuDecoder(Decoder):
         return image.permute(1, 2, 0).cpu().numpy()
 
     def submit(self, payloads: Sequence[bytes | ByteRange | None]) -> DecodeJob:
-        import torch
-        from torchvision.io import ImageReadMode, decode_jpeg
-
         t0 = time.perf_counter()
         job = DecodeJob([_read(p) for p in payloads])
         on_gpu: list[int] = []
         for i, data in enumerate(job.payloads):
-            size = _header_size(data) if data and data[:3] == JPEG_MAGIC else None
-            if size is None:
+            header = _jpeg_header(data) if data and data[:3] == JPEG_MAGIC else None
+            if header is None or header[2] != 1:  # not a JPEG, or rotated/mirrored: the CPU decoder
                 continue
-            if size[0] * size[1] > self.options.max_pixels:
-                job.results[i] = f"too many pixels ({size[0]}x{size[1]} > --max-pixels {self.options.max_pixels})"
+            width, height, _ = header
+            if width * height > self.options.max_pixels:
+                job.results[i] = f"too many pixels ({width}x{height} > --max-pixels {self.options.max_pixels})"
             else:
                 on_gpu.append(i)
+        with self._on_own_stream():
+            self._decode_on_device(job, on_gpu)
+        for i, data in enumerate(job.payloads):
+            if job.results[i] is None:
+                job.results[i] = decode_one(data, self.options)  # CPU fallback: non-JPEG or nvJPEG refused it
+        job.decode_seconds = time.perf_counter() - t0
+        job._finish()
+        return job
+
+    def _decode_on_device(self, job: DecodeJob, on_gpu: list[int]) -> None:
+        """nvJPEG-decode the payloads at ``on_gpu`` into ``job.results`` (None where it refused one)."""
+        import torch
+        from torchvision.io import ImageReadMode, decode_jpeg
+
         decoded: list[Any] = []
         if on_gpu:
             tensors = [torch.frombuffer(bytearray(job.payloads[i]), dtype=torch.uint8) for i in on_gpu]
@@ -106,9 +135,5 @@ class GpuDecoder(Decoder):
         for i, image in zip(on_gpu, decoded):
             if image is not None:
                 job.results[i] = self._finish(image)
-        for i, data in enumerate(job.payloads):
-            if job.results[i] is None:
-                job.results[i] = decode_one(data, self.options)  # CPU fallback: non-JPEG or nvJPEG refused it
-        job.decode_seconds = time.perf_counter() - t0
-        job._finish()
-        return job
+        if self.device.type == "cuda":
+            self._stream.synchronize()  # the pixels are complete before anyone else reads them

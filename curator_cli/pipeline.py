@@ -84,6 +84,10 @@ def pixel_tensor(images: list[np.ndarray], size: int, device: str):
     ]
     on_gpu = next((t.device for t in squares if t.is_cuda), None)  # --decode gpu keeps its squares there
     if on_gpu is not None:  # JPEGs decoded on the GPU, the rest (CPU fallback) joins them there
+        stream = torch.cuda.current_stream(on_gpu)
+        for t in squares:
+            if t.is_cuda:  # made on the decoder's stream: not to be reused before this stream is done with it
+                t.record_stream(stream)
         return torch.stack([t.to(on_gpu) for t in squares]).permute(0, 3, 1, 2)
     batch = torch.stack(squares).permute(0, 3, 1, 2)
     if device.startswith("cuda"):

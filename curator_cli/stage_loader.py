@@ -24,6 +24,14 @@ from typing import Any
 from curator_cli.stages.base import ProcessingStage
 
 ENTRY_POINT_GROUP = "curator.stages"
+# Built-in stages by short name. Known here rather than as this package's own entry points, so that
+# they resolve in a source checkout run without installing (PYTHONPATH=.) too.
+BUILT_IN_STAGES = {
+    "perceptual": "curator_cli.stages.perceptual:PerceptualEmbeddingStage",
+    "torchvision": "curator_cli.stages.torchvision_embedding:TorchvisionEmbeddingStage",
+    "clip": "curator_cli.stages.clip_embedding:ClipEmbeddingStage",
+    "linear-head": "curator_cli.stages.linear_head:LinearHeadScoreStage",
+}
 
 
 class StageSpecError(ValueError):
@@ -51,8 +59,10 @@ class StageArg:
 
 
 def stage_entry_points() -> dict[str, str]:
-    """Short stage names published by installed packages, mapped to ``module:Class``."""
-    return {ep.name: ep.value for ep in entry_points(group=ENTRY_POINT_GROUP)}
+    """Short stage names, mapped to ``module:Class``: the built-in ones, then those published by
+    installed packages (which may not take a built-in name)."""
+    published = {ep.name: ep.value for ep in entry_points(group=ENTRY_POINT_GROUP)}
+    return {**published, **BUILT_IN_STAGES}
 
 
 def _import_file(path: Path) -> types.ModuleType:

@@ -18,7 +18,17 @@ from conftest import ROOT, encode, img2dataset_tar, jpeg, read_output, synthetic
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
-RESNET = ["--stage", "torchvision", "--stage-arg", "model=resnet18", "--stage-arg", "weights=none"]
+
+
+@pytest.fixture
+def resnet(tmp_path) -> list[str]:
+    """The built-in torchvision stage with one resnet18 whose random weights every run shares."""
+    import torchvision
+
+    path = tmp_path / "resnet18.pth"
+    torch.manual_seed(0)
+    torch.save(torchvision.models.resnet18().state_dict(), path)
+    return ["--stage", "torchvision", "--stage-arg", "model=resnet18", "--stage-arg", f"weights={path}"]
 
 
 def embeddings_of(table) -> dict[str, np.ndarray]:
@@ -32,12 +42,12 @@ def min_cosine(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> float:
     return min(float(a[k] @ b[k] / (np.linalg.norm(a[k]) * np.linalg.norm(b[k]))) for k in a)
 
 
-def test_cuda_run_agrees_with_the_cpu_run(cli, tmp_path):
-    """Same stage, same seeded random weights: the GPU (bf16 by default) gives the CPU's embeddings."""
+def test_cuda_run_agrees_with_the_cpu_run(cli, tmp_path, resnet):
+    """Same stage, same weights: the GPU (bf16 by default) gives the CPU's embeddings."""
     outputs = {}
     for device in ("cpu", "cuda"):
         out = tmp_path / device
-        result = cli("embed", ROOT / "sample_data" / "webdataset", "-o", out, *RESNET, "--device", device,
+        result = cli("embed", ROOT / "sample_data" / "webdataset", "-o", out, *resnet, "--device", device,
                      "--summary-json", tmp_path / f"{device}.json")
         assert result.exit_code == 0, result.output
         outputs[device] = {p.name: embeddings_of(read_output(p)) for p in sorted(out.glob("*.parquet"))}
@@ -47,14 +57,14 @@ def test_cuda_run_agrees_with_the_cpu_run(cli, tmp_path):
     assert json.loads((tmp_path / "cuda.json").read_text())["images"] > 0
 
 
-def test_gpu_decode_matches_cpu_decode_and_falls_back_per_image(cli, tmp_path):
+def test_gpu_decode_matches_cpu_decode_and_falls_back_per_image(cli, tmp_path, resnet):
     members = [(f"{i:03d}.jpg", jpeg(i, (320 + 16 * i, 240))) for i in range(6)]
     members += [("png.png", encode(synthetic_photo(9, (200, 150)), "PNG")), ("bad.jpg", jpeg(10)[:200])]
     shard = write_tar(tmp_path / "s.tar", members)
     results = {}
     for mode in ("cpu", "gpu"):
         out = tmp_path / mode
-        result = cli("embed", shard, "-o", out, *RESNET, "--device", "cuda", "--decode", mode)
+        result = cli("embed", shard, "-o", out, *resnet, "--device", "cuda", "--decode", mode)
         assert result.exit_code == 0, result.output
         results[mode] = read_output(out / "s.parquet")
     errors = dict(zip(results["gpu"].column("image_id").to_pylist(), results["gpu"].column("error").to_pylist()))

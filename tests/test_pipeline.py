@@ -259,7 +259,7 @@ def test_gpu_decode_without_cuda_is_a_clear_error(cli, tmp_path):
 def test_gpu_decoder_logic_with_the_cpu_standing_in_for_nvjpeg():
     """What ``--decode gpu`` does around nvJPEG, run here with torchvision's CPU JPEG decoder in its
     place (no GPU in CI): batched JPEGs become exact squares close to the CPU path's, everything
-    else falls back per image to the CPU decoder with its reason, and the pixel limit holds."""
+    else (and EXIF-rotated JPEGs) falls back per image to the CPU decoder, and the pixel limit holds."""
     import torch
 
     from curator_cli.decode import decode_with
@@ -272,7 +272,10 @@ def test_gpu_decoder_logic_with_the_cpu_standing_in_for_nvjpeg():
     png = encode(synthetic_photo(2, (80, 120)), "PNG")
     broken = photo[: len(photo) // 3]  # a JPEG header, then nothing decodable
     huge = jpeg(3, (300, 200))
-    results = decoder.submit([photo, png, broken, None, huge, jpeg(4, (40, 30))]).wait()
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90 CW to view": torchvision's CUDA decoder would ignore it
+    rotated = encode(synthetic_photo(5, (120, 80)), exif=exif.tobytes())
+    results = decoder.submit([photo, png, broken, None, huge, jpeg(4, (40, 30)), rotated]).wait()
     square = results[0]
     assert isinstance(square, torch.Tensor) and tuple(square.shape) == (64, 64, 3) and square.dtype == torch.uint8
     reference = decode_with(photo, options).astype(np.float32)
@@ -282,6 +285,8 @@ def test_gpu_decoder_logic_with_the_cpu_standing_in_for_nvjpeg():
     assert results[3] == "no image data"
     assert results[4].startswith("too many pixels")
     assert tuple(results[5].shape) == (64, 64, 3)  # smaller than the square: scaled up to it
+    assert isinstance(results[6], np.ndarray)  # EXIF-rotated: decoded (and turned upright) on the CPU
+    assert np.array_equal(results[6], decode_with(rotated, options))
 
 
 def test_summary_reports_throughput_and_time_split(cli, tmp_path):

@@ -80,6 +80,26 @@ def test_stages_lists_builtins_with_description_and_arguments(cli):
     assert "target: aesthetic_score|nsfw_score = 'aesthetic_score'" in result.output
 
 
+def test_builtin_names_work_from_a_source_checkout_that_was_never_installed(tmp_path):
+    """With only PYTHONPATH pointing at the checkout (no package metadata, so no entry points), the
+    built-in stages still resolve by name, the default one included."""
+    shard = img2dataset_tar(tmp_path / "s.tar", 2)
+    env = {"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}
+    code = ("import sys, importlib.metadata as m\n"
+            "published = m.entry_points  # curator's own group empty: as if it were not installed\n"
+            "m.entry_points = lambda **kw: [] if kw.get('group') == 'curator.stages' else published(**kw)\n"
+            "from curator_cli.cli import main\n"
+            "sys.argv = ['curator', *sys.argv[1:]]\n"
+            "main()\n")
+    for out, stage in (("default", []),
+                       ("torchvision", ["--stage", "torchvision", "--stage-arg", "model=resnet18",
+                                        "--stage-arg", "weights=none"])):
+        done = subprocess.run([sys.executable, "-c", code, "embed", str(shard), "-o", str(tmp_path / out), "-q",
+                               *stage], capture_output=True, text=True, env=env, cwd=tmp_path)
+        assert done.returncode == 0, done.stderr
+        assert read_output(tmp_path / out / "s.parquet").num_rows == 2
+
+
 def test_stages_name_shows_one_in_full(cli):
     result = cli("stages", "torchvision")
     assert result.exit_code == 0, result.output
