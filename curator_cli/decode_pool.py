@@ -261,14 +261,17 @@ class _Worker:
         self.last_progress = 0.0
         self.slots = SlotReader()
         self._waited = 0.0  # seconds this worker spent runnable but without a CPU, as last read
+        self._clock = 0.0
 
     def clock(self) -> float:
         """The clock decode timeouts run on: monotonic time less the time the worker waited for a CPU
-        (plain monotonic time where the kernel does not say)."""
+        (plain monotonic time where the kernel does not say). Never goes back: the kernel adds a
+        wait to its count only when the wait ends."""
         waited = cpu_wait_seconds(self.process.pid)
         if waited is not None:
             self._waited = waited
-        return time.monotonic() - self._waited
+        self._clock = max(self._clock, time.monotonic() - self._waited)
+        return self._clock
 
     def stop(self, kill: bool = False) -> None:
         if kill:
