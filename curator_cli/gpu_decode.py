@@ -22,6 +22,7 @@ from curator_cli.decode_pool import DecodeJob, Decoder, decode_one
 from curator_cli.readers.base import ByteRange, payload_bytes
 
 JPEG_MAGIC = b"\xff\xd8\xff"
+RESIZE_GROUP = 32  # decoded images of one shape resized per call (bounds the extra GPU memory)
 
 
 def _read(payload: bytes | ByteRange | None) -> bytes | None:
@@ -65,32 +66,52 @@ class GpuDecoder(Decoder):
 
         return torch.cuda.stream(self._stream) if self.device.type == "cuda" else contextlib.nullcontext()
 
-    def _resize(self, image: Any) -> Any:
-        """(3, H, W) uint8 on the GPU -> shorter side ``min_side`` (and the centre square when cropping)."""
+    def _resize(self, batch: Any) -> Any:
+        """(N, 3, H, W) uint8 on the GPU -> shorter side ``min_side``, or with ``crop`` exactly the
+        centre ``min_side`` square (resampled from the centre square alone, as the CPU decoders do;
+        small images are scaled up to it)."""
         import torch
+        import torch.nn.functional as F
 
         size = self.options.min_side
         if not size:
-            return image
-        _, height, width = image.shape
-        scale = size / min(height, width)
-        if scale < 1 or self.options.crop:  # squares must be exactly size x size, small images too
-            new_h, new_w = max(size, round(height * scale)), max(size, round(width * scale))
-            image = torch.nn.functional.interpolate(
-                image[None].float(), size=(new_h, new_w), mode="bilinear", antialias=True, align_corners=False
-            )[0].round().clamp(0, 255).to(torch.uint8)
+            return batch
+        height, width = batch.shape[2:]
         if self.options.crop:
-            _, height, width = image.shape
-            top, left = max(0, (height - size) // 2), max(0, (width - size) // 2)
-            image = image[:, top:top + size, left:left + size]
-        return image
+            side = min(height, width)
+            top, left = (height - side) // 2, (width - side) // 2
+            batch = batch[:, :, top:top + side, left:left + side]
+            target = (size, size)
+        elif min(height, width) > size:
+            scale = size / min(height, width)
+            target = (max(size, round(height * scale)), max(size, round(width * scale)))
+        else:
+            return batch
+        if tuple(batch.shape[2:]) == target:
+            return batch
+        resized = F.interpolate(batch.float(), size=target, mode="bilinear", antialias=True, align_corners=False)
+        return resized.round().clamp(0, 255).to(torch.uint8)
 
-    def _finish(self, image: Any) -> Any:
-        """Keep exact squares on the GPU for the tensor fast path; everything else becomes H x W x 3 numpy."""
-        image = self._resize(image)
-        if self.options.crop and image.shape[1] == image.shape[2] == self.options.min_side:
-            return image.permute(1, 2, 0)
-        return image.permute(1, 2, 0).cpu().numpy()
+    def _finish(self, decoded: list[Any]) -> list[Any]:
+        """Resize decoded images, those of one shape together (one interpolate call per group, not per
+        image); exact squares stay on the GPU for the tensor fast path, the rest become H x W x 3 numpy."""
+        import torch
+
+        if not self.options.min_side:  # full size: nothing to resize, nothing to stack
+            return [None if image is None else image.permute(1, 2, 0).cpu().numpy() for image in decoded]
+        out: list[Any] = [None] * len(decoded)
+        groups: dict[tuple[int, ...], list[int]] = {}
+        for k, image in enumerate(decoded):
+            if image is not None:
+                groups.setdefault(tuple(image.shape), []).append(k)
+        for members in groups.values():
+            for start in range(0, len(members), RESIZE_GROUP):
+                part = members[start:start + RESIZE_GROUP]
+                batch = self._resize(torch.stack([decoded[k] for k in part]))
+                square = self.options.crop and batch.shape[2] == batch.shape[3] == self.options.min_side
+                for k, image in zip(part, batch.permute(0, 2, 3, 1)):
+                    out[k] = image if square else image.cpu().numpy()
+        return out
 
     def submit(self, payloads: Sequence[bytes | ByteRange | None]) -> DecodeJob:
         t0 = time.perf_counter()
@@ -132,8 +153,8 @@ class GpuDecoder(Decoder):
                                                    apply_exif_orientation=True))
                     except RuntimeError:
                         decoded.append(None)
-        for i, image in zip(on_gpu, decoded):
+        for i, image in zip(on_gpu, self._finish(decoded)):
             if image is not None:
-                job.results[i] = self._finish(image)
+                job.results[i] = image
         if self.device.type == "cuda":
             self._stream.synchronize()  # the pixels are complete before anyone else reads them
