@@ -54,7 +54,7 @@ class Plan:
     memory_shards: tuple[int, int] = (4, 16)
     repeats: int = 3
     resnet_repeats: int = 1
-    resnet_long_shards: int = 8  # curator alone, for throughput past its one-time costs
+    resnet_long_shards: int = 16  # curator alone (4,000 images), for throughput past its one-time costs
     ceiling_images: int = 300
     model_images: dict[str, int] = field(default_factory=lambda: {"mean": 250, "resnet18": 250})
 
