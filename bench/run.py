@@ -282,7 +282,7 @@ def evaluate(results: dict[str, Any]) -> list[dict[str, Any]]:
     long_past_setup = long["images"] / (long["seconds"] - long.get("seconds_setup", 0.0))
     alone = results["stages"]["resnet18"]["alone"]
     precision = alone["tensors_precision"]
-    tensors = alone["tensors_images_per_second"]
+    tensors = (alone["tensors_images_per_second"] + alone["tensors_after"]) / 2  # before and after the long run
     forward = alone["forward_bf16_images_per_second" if precision == "bf16" else "forward_images_per_second"]
     mem = results["memory"]
     checks = [
@@ -297,7 +297,8 @@ def evaluate(results: dict[str, Any]) -> list[dict[str, Any]]:
         (f"(full size) mean: curator / ({cores} x full-size decode ceiling) >= 0.8",
          cur_full / (cores * ceiling["decode_full"]), 0.8),
         (f"resnet18: curator ({long['images']} images, past its {long.get('seconds_setup', 0):.1f}s of stage setup) / "
-         f"stage alone on pre-decoded batches as curator calls it (process_tensors, {precision}) >= 0.9",
+         f"stage alone on pre-decoded batches as curator calls it (process_tensors, {precision}; mean of the "
+         f"measurements before and after) >= 0.9",
          long_past_setup / tensors, 0.9),
         (f"resnet18: the same, setup included ({long['images']} images, end to end)", long_rate / tensors, None),
         (f"resnet18: curator ({resnet['curator']['images']} images, end to end) / stage alone as curator calls it",
@@ -333,7 +334,8 @@ def table(results: dict[str, Any]) -> str:
             if system == "curator-small":
                 ratio = f"{r['images_per_second'] / block['systems']['howto']['images_per_second']:.2f}x how-to"
             if system == "curator-long":
-                ratio = f"{r['images_per_second'] / block['alone']['tensors_images_per_second']:.2f}x stage alone"
+                both = (block["alone"]["tensors_images_per_second"] + block["alone"]["tensors_after"]) / 2
+                ratio = f"{r['images_per_second'] / both:.2f}x stage alone"
             lines.append(f"| {stage} | {SYSTEM_LABELS[system]} | {r['images']} | {r['images_per_second']:.1f} | "
                          f"{', '.join(map(str, r['all_images_per_second']))} | {ratio} | "
                          f"{r['peak_rss_bytes'] / 2**20:.0f} | {r['other_cpu']:.0%} |")
@@ -345,6 +347,9 @@ def table(results: dict[str, Any]) -> str:
             lines.append(f"| {stage} | stage alone, pre-decoded, as curator calls it (`process_tensors`, "
                          f"{alone['tensors_precision']}) | {alone['images']} | {alone['tensors_images_per_second']:.1f} "
                          f"| | {cur / alone['tensors_images_per_second']:.2f}x | | {alone['other_cpu']:.0%} |")
+        if "tensors_after" in alone:
+            lines.append(f"| {stage} | the same, again right after the longer run | {alone['images']} | "
+                         f"{alone['tensors_after']:.1f} | | {cur / alone['tensors_after']:.2f}x | | |")
         if "forward_images_per_second" in alone:
             lines.append(f"| {stage} | model alone on ready tensors | {alone['images']} | "
                          f"{alone['forward_images_per_second']:.1f} | | "
@@ -432,9 +437,11 @@ def main(argv: list[str] | None = None) -> int:
                 runs[system].append(bench.system(system, stage, shards, f"{stage}-{system}-{round_}"))
             for key, variant in variants:
                 runs[key].append(bench.system("curator", variant, shards, f"{variant}-curator-{round_}"))
-        if stage == "resnet18":
+        if stage == "resnet18":  # the stage alone is timed again right after: the machine's speed drifts
             runs["curator-long"] = [bench.system("curator", stage, bench.shards[:plan.resnet_long_shards],
                                                  f"{stage}-curator-long")]
+            alone["tensors_after"] = bench.helper("tensors", stage, bench.shards[:1],
+                                                  plan.model_images[stage])["tensors_images_per_second"]
         last = {s: r[-1] for s, r in runs.items() if s != "curator-long"}  # other shards: nothing to compare
         results["stages"][stage] = {"shards": count, "alone": alone, "agreement": check_outputs(stage, last),
                                     "systems": {s: median_run(r) for s, r in runs.items()}}

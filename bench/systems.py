@@ -5,6 +5,7 @@ Usage (``run.py`` calls these; each writes one JSON result)::
     python bench/systems.py howto   --stage resnet18 --result r.json SHARD...
     python bench/systems.py ray     --stage mean     --result r.json SHARD...
     python bench/systems.py model   --stage resnet18 --result r.json SHARD...   # stage on pre-decoded batches
+    python bench/systems.py tensors --stage resnet18 --result r.json SHARD...   # only its process_tensors
     python bench/systems.py ceiling --result r.json SHARD...                    # single-core decode ceilings
 
 ``seconds`` in every result covers the stage's setup and all the work, not the interpreter start
@@ -164,7 +165,8 @@ def run_ray(stage_name: str, paths: list[str], out_dir: Path) -> dict[str, Any]:
 # --------------------------------------------------------------------------- the stage alone
 
 
-def run_model(stage_name: str, paths: list[str], limit: int, passes: int = 3) -> dict[str, Any]:
+def run_model(stage_name: str, paths: list[str], limit: int, passes: int = 3,
+              tensors_only: bool = False) -> dict[str, Any]:
     """The stage's own throughput on pre-decoded batches (decode time excluded); median of ``passes``.
 
     ``process_*`` times ``stage.process`` on ImageBatches of ``BATCH_SIZE`` images already decoded
@@ -174,6 +176,7 @@ def run_model(stage_name: str, paths: list[str], limit: int, passes: int = 3) ->
     and ``tensors_*`` the stage as curator calls it by default: ``process_tensors`` on pre-decoded
     ``BATCH_SIZE`` uint8 squares, under autocast at curator's default precision on this CPU.
     Everything is warmed up on every batch shape first (oneDNN picks kernels per shape).
+    ``tensors_only``: time ``process_tensors`` alone (a second measurement after the curator run).
     """
     from curator_cli.pipeline import default_precision
 
@@ -218,6 +221,11 @@ def run_model(stage_name: str, paths: list[str], limit: int, passes: int = 3) ->
         tensors_pass()
     process_rates, forward_rates, forward_bf16_rates, tensors_rates = [], [], [], []
     for _ in range(passes):
+        if tensors_only:
+            t0 = time.perf_counter()
+            tensors_pass()
+            tensors_rates.append(len(images) / (time.perf_counter() - t0))
+            continue
         t0 = time.perf_counter()
         for objects in batches:
             stage.process(ImageBatch(data=objects))
@@ -239,9 +247,9 @@ def run_model(stage_name: str, paths: list[str], limit: int, passes: int = 3) ->
             t0 = time.perf_counter()
             tensors_pass()
             tensors_rates.append(len(images) / (time.perf_counter() - t0))
-    result: dict[str, Any] = {"images": len(images), "torch_threads": torch.get_num_threads(), "passes": passes,
-                              "process_images_per_second": statistics.median(process_rates),
-                              "process_all": process_rates}
+    result: dict[str, Any] = {"images": len(images), "torch_threads": torch.get_num_threads(), "passes": passes}
+    if process_rates:
+        result.update(process_images_per_second=statistics.median(process_rates), process_all=process_rates)
     if forward_rates:
         result.update(forward_images_per_second=statistics.median(forward_rates), forward_all=forward_rates,
                       forward_bf16_images_per_second=statistics.median(forward_bf16_rates),
@@ -299,7 +307,7 @@ def run_ceiling(paths: list[str], limit: int, passes: int = 3) -> dict[str, Any]
 def main(argv: list[str] | None = None) -> None:
     """Command line: run one system on the given shards and write its result as JSON."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("system", choices=["howto", "ray", "model", "ceiling"])
+    parser.add_argument("system", choices=["howto", "ray", "model", "tensors", "ceiling"])
     parser.add_argument("shards", nargs="+")
     parser.add_argument("--stage", choices=sorted(STAGES), default="mean")
     parser.add_argument("--result", type=Path, required=True)
@@ -311,8 +319,8 @@ def main(argv: list[str] | None = None) -> None:
         result = run_howto(args.stage, args.shards, out)
     elif args.system == "ray":
         result = run_ray(args.stage, args.shards, out)
-    elif args.system == "model":
-        result = run_model(args.stage, args.shards, args.limit)
+    elif args.system in ("model", "tensors"):
+        result = run_model(args.stage, args.shards, args.limit, tensors_only=args.system == "tensors")
     else:
         result = run_ceiling(args.shards, args.limit)
     args.result.parent.mkdir(parents=True, exist_ok=True)
