@@ -340,24 +340,18 @@ def table(results: dict[str, Any]) -> str:
                          f"{', '.join(map(str, r['all_images_per_second']))} | {ratio} | "
                          f"{r['peak_rss_bytes'] / 2**20:.0f} | {r['other_cpu']:.0%} |")
         alone = block["alone"]
-        lines.append(f"| {stage} | stage alone, pre-decoded (`process`) | {alone['images']} | "
-                     f"{alone['process_images_per_second']:.1f} | | {cur / alone['process_images_per_second']:.2f}x | | "
-                     f"{alone['other_cpu']:.0%} |")
-        if "tensors_images_per_second" in alone:
-            lines.append(f"| {stage} | stage alone, pre-decoded, as curator calls it (`process_tensors`, "
-                         f"{alone['tensors_precision']}) | {alone['images']} | {alone['tensors_images_per_second']:.1f} "
-                         f"| | {cur / alone['tensors_images_per_second']:.2f}x | | {alone['other_cpu']:.0%} |")
-        if "tensors_after" in alone:
-            lines.append(f"| {stage} | the same, again right after the longer run | {alone['images']} | "
-                         f"{alone['tensors_after']:.1f} | | {cur / alone['tensors_after']:.2f}x | | |")
-        if "forward_images_per_second" in alone:
-            lines.append(f"| {stage} | model alone on ready tensors | {alone['images']} | "
-                         f"{alone['forward_images_per_second']:.1f} | | "
-                         f"{cur / alone['forward_images_per_second']:.2f}x | | {alone['other_cpu']:.0%} |")
-        if "forward_bf16_images_per_second" in alone:
-            lines.append(f"| {stage} | model alone on ready tensors, bf16 autocast | {alone['images']} | "
-                         f"{alone['forward_bf16_images_per_second']:.1f} | | "
-                         f"{cur / alone['forward_bf16_images_per_second']:.2f}x | | {alone['other_cpu']:.0%} |")
+        other_cpu = f"{alone['other_cpu']:.0%}"
+        for key, label, other in (
+            ("process_images_per_second", "stage alone, pre-decoded (`process`)", other_cpu),
+            ("tensors_images_per_second", "stage alone, pre-decoded, as curator calls it (`process_tensors`, "
+             f"{alone.get('tensors_precision')})", other_cpu),
+            ("tensors_after", "the same, again right after the longer run", ""),
+            ("forward_images_per_second", "model alone on ready tensors", other_cpu),
+            ("forward_bf16_images_per_second", "model alone on ready tensors, bf16 autocast", other_cpu),
+        ):
+            if key in alone:
+                lines.append(f"| {stage} | {label} | {alone['images']} | {alone[key]:.1f} | | "
+                             f"{cur / alone[key]:.2f}x | | {other} |")
     c = results["decode_ceiling"]
     cores = m["cpu_count"]
     lines += ["", "Single-core decode ceiling (one process, images/s; x CPU count in brackets):", "",

@@ -72,6 +72,21 @@ PROBES = textwrap.dedent('''
 
 
 @pytest.fixture
+def read(monkeypatch) -> list[int]:
+    """One entry per sample the tar reader has yielded so far: the feeder's read-ahead, observed."""
+    samples: list[int] = []
+    original = readers.read_tar
+
+    def counting_read_tar(path, options):
+        for sample in original(path, options):
+            samples.append(1)
+            yield sample
+
+    monkeypatch.setattr(readers, "read_tar", counting_read_tar)
+    return samples
+
+
+@pytest.fixture
 def probes(tmp_path):
     path = tmp_path / "probes.py"
     path.write_text(PROBES)
@@ -105,19 +120,10 @@ def test_large_images_through_reused_shared_memory_buffers_stay_distinct(cli, tm
     assert all(e[0] == 300.0 for e in embeddings)
 
 
-def test_a_slow_stage_does_not_let_reading_run_ahead(cli, tmp_path, probes, monkeypatch):
+def test_a_slow_stage_does_not_let_reading_run_ahead(cli, tmp_path, probes, monkeypatch, read):
     """Memory stays bounded: reading never gets more than a few batches ahead of the stages."""
     img2dataset_tar(tmp_path / "in" / "00000.tar", 60, size=(32, 32))
-    read = []
     ahead = []
-    original = readers.read_tar
-
-    def counting_read_tar(path, options):
-        for sample in original(path, options):
-            read.append(1)
-            yield sample
-
-    monkeypatch.setattr(readers, "read_tar", counting_read_tar)
     from curator_cli import pipeline
 
     original_run = pipeline.run_stages
@@ -135,7 +141,7 @@ def test_a_slow_stage_does_not_let_reading_run_ahead(cli, tmp_path, probes, monk
     assert 0 < lead <= 4 * 5, f"reading ran {lead} samples ahead of the stages"
 
 
-def test_read_ahead_counts_batches_not_shards(tmp_path, monkeypatch):
+def test_read_ahead_counts_batches_not_shards(tmp_path, read):
     """Shards smaller than a batch: the feeder still reads ``prefetch`` whole batches ahead of the
     one the stages hold (shard boundaries do not use up the read-ahead), and no more."""
     from curator_cli.batching import BatchReady, Feeder
@@ -145,15 +151,6 @@ def test_read_ahead_counts_batches_not_shards(tmp_path, monkeypatch):
 
     for s in range(6):
         img2dataset_tar(tmp_path / f"{s:05d}.tar", 3, first_seed=10 * s, size=(24, 24))
-    read = []
-    original = readers.read_tar
-
-    def counting_read_tar(path, options):
-        for sample in original(path, options):
-            read.append(1)
-            yield sample
-
-    monkeypatch.setattr(readers, "read_tar", counting_read_tar)
     feeder = Feeder(find_shards([str(tmp_path)]), ReadOptions(), InlineDecoder(DecodeOptions()), batch_size=8,
                     chunk_size=2, prefetch=2)
     events = iter(feeder)
@@ -168,7 +165,7 @@ def test_read_ahead_counts_batches_not_shards(tmp_path, monkeypatch):
         feeder.stop()
 
 
-def test_stage_setup_overlaps_the_first_reads_and_decodes(tmp_path, monkeypatch):
+def test_stage_setup_overlaps_the_first_reads_and_decodes(tmp_path, read):
     """A slow model load is not followed by a wait for the first batch: reading and decoding start
     before the stages' setup and go on while it runs."""
     from curator_cli.runner import EmbedOptions, run_local
@@ -177,15 +174,6 @@ def test_stage_setup_overlaps_the_first_reads_and_decodes(tmp_path, monkeypatch)
     from curator_cli.tasks import ImageBatch
 
     img2dataset_tar(tmp_path / "in" / "00000.tar", 6, size=(32, 32))
-    read = []
-    original = readers.read_tar
-
-    def counting_read_tar(path, options):
-        for sample in original(path, options):
-            read.append(1)
-            yield sample
-
-    monkeypatch.setattr(readers, "read_tar", counting_read_tar)
 
     class SlowSetup(ProcessingStage[ImageBatch, ImageBatch]):
         name = "slow_setup"
