@@ -2,7 +2,10 @@
 image can hang or crash the run.
 
 Each worker holds up to two jobs, answers each with one message, and publishes in shared memory
-which image it is on. An image that takes longer than the per-image timeout, or kills its worker
+which image it is on. Jobs go to a worker through its own sender thread, so the dispatch thread,
+the one that drains every worker's answers and watches for hangs, never blocks on a pipe: a worker
+blocked sending a large answer is always read, whatever the payload sizes (the pipe's buffer is
+smaller than one job of small images inline, or one answer of small decoded images). An image that takes longer than the per-image timeout, or kills its worker
 (a crash in a native decoder), gets an error naming why; its worker is replaced and the rest of its
 jobs is decoded by the next free worker. Large pixel arrays come back through reusable
 shared-memory buffers, small ones through the pipe.
@@ -20,6 +23,7 @@ import itertools
 import mmap
 import multiprocessing
 import os
+import queue
 import signal
 import socket
 import threading
@@ -245,6 +249,9 @@ class Decoder:
         self.close()
 
 
+_CLOSE = object()  # tells a worker's sender thread to stop
+
+
 class _Worker:
     def __init__(self, ctx: Any, options: DecodeOptions, shm_prefix: str | None, nice: int) -> None:
         self.conn, child = ctx.Pipe(duplex=True)
@@ -262,6 +269,24 @@ class _Worker:
         self.slots = SlotReader()
         self._waited = 0.0  # seconds this worker spent runnable but without a CPU, as last read
         self._clock = 0.0
+        self._outbox: queue.SimpleQueue = queue.SimpleQueue()
+        self._sender = threading.Thread(target=self._send_loop, name=f"curator-decode-send-{self.process.pid}",
+                                         daemon=True)
+        self._sender.start()
+
+    def post(self, message: Any) -> None:
+        """Queue ``message`` for the worker; never blocks (the sender thread waits on the pipe)."""
+        self._outbox.put(message)
+
+    def _send_loop(self) -> None:
+        while True:
+            message = self._outbox.get()
+            if message is _CLOSE:
+                return
+            try:
+                self.conn.send(message)
+            except (OSError, ValueError):  # the worker is gone: the dispatcher notices and replaces it
+                return
 
     def clock(self) -> float:
         """The clock decode timeouts run on: monotonic time less the time the worker waited for a CPU
@@ -277,14 +302,13 @@ class _Worker:
         if kill:
             self.process.kill()
         else:
-            try:
-                self.conn.send(None)
-            except (OSError, ValueError):
-                pass
+            self.post(None)
+        self.post(_CLOSE)
         self.process.join(timeout=2 if not kill else 5)
         if self.process.is_alive():
             self.process.kill()
             self.process.join(timeout=5)
+        self._sender.join(timeout=5)  # a send to a dead worker fails at once
         self.conn.close()
         self.slots.close()
 
@@ -341,7 +365,7 @@ class DecodePool(Decoder):
                     if not worker.assigned:
                         worker.last_progress = worker.clock()
                     worker.assigned.append((job, key, indices))
-                    worker.conn.send((key, [job.payloads[i] for i in indices]))
+                    worker.post((key, [job.payloads[i] for i in indices]))
 
     def _run(self) -> None:
         try:
