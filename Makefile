@@ -5,8 +5,14 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 # torch/torchvision: these versions exist in this machine's local wheel store; elsewhere pip downloads them.
 TORCH_PINS ?= torch==2.14.1 torchvision==0.29.1
+# A second environment for tests/test_output_readers.py: what autofaiss users end up with (its numpy<2
+# pin leads pip to pyarrow 25, which cannot read null fixed-size lists), plus embedding-reader and datasets.
+# Inside $(VENV), so git ignores it and `rm -rf .venv` removes it. About 30 s and 400 MB.
+READERS_VENV ?= $(VENV)/readers
+READERS_STAMP := $(READERS_VENV)/.installed
+READERS_PINS ?= 'pyarrow==25.0.1' 'numpy<2' 'embedding-reader>=1.8' autofaiss datasets pandas
 
-.PHONY: install demo test test-fast bench clean
+.PHONY: install readers-env demo test test-fast bench clean
 
 install: $(STAMP)
 
@@ -17,14 +23,22 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[test]'
 	touch $(STAMP)
 
+readers-env: $(READERS_STAMP)
+
+$(READERS_STAMP): Makefile
+	test -x $(READERS_VENV)/bin/python || $(PYTHON) -m venv $(READERS_VENV)
+	$(READERS_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(READERS_VENV)/bin/python -m pip install --quiet $(READERS_PINS)
+	touch $@
+
 demo: $(STAMP)
 	rm -rf demo_out
 	$(BIN)/curator inspect sample_data/
-	$(BIN)/curator embed sample_data/ -o demo_out --summary-json demo_out/_summary.json
+	$(BIN)/curator embed sample_data/ -o demo_out --summary-json demo_summary.json
 	$(BIN)/curator show demo_out
 
-test: $(STAMP)
-	$(BIN)/python -m pytest -q
+test: $(STAMP) $(READERS_STAMP)
+	CURATOR_READERS_PYTHON=$(READERS_VENV)/bin/python $(BIN)/python -m pytest -q
 
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not slow"

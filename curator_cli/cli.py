@@ -72,6 +72,8 @@ def _setup_logging(log_file: Path | None, quiet: bool) -> None:
 @click.option("--image-column", default=None, help="Parquet column with the image bytes (default: detected).")
 @click.option("--id-column", default=None,
               help="Parquet column with the sample id (default: key, image_id, id or uid, else the row number).")
+@click.option("--caption-column", default=None,
+              help="Parquet column with the caption (default: caption, else text).")
 @click.option("--num-workers", type=click.IntRange(min=0), default=None,
               help="Decode worker processes (default: the CPU count; 0 decodes in the main process).")
 @click.option("--decode", "decode_mode", type=click.Choice(["cpu", "gpu"]), default="cpu", show_default=True,
@@ -104,7 +106,7 @@ def _setup_logging(log_file: Path | None, quiet: bool) -> None:
               help="Write details (stage tracebacks) to this file.")
 @click.option("-q", "--quiet", is_flag=True, help="Print nothing but errors.")
 def embed(inputs, output, stage_specs, stage_args, batch_size, device, image_ext, image_column, id_column,
-          num_workers, decode_mode, decode_size, decode_timeout, precision, embedding_dtype, max_pixels,
+          caption_column, num_workers, decode_mode, decode_size, decode_timeout, precision, embedding_dtype, max_pixels,
           on_error, overwrite, executor, ray_address, num_actors, summary_json, log_file, quiet) -> None:
     """Compute embeddings for every image in INPUT... and write one parquet file per shard.
 
@@ -157,7 +159,8 @@ def embed(inputs, output, stage_specs, stage_args, batch_size, device, image_ext
         output_dir=output,
         batch_size=batch_size,
         device=chosen_device,
-        read=ReadOptions(image_exts=exts, image_column=image_column, id_column=id_column),
+        read=ReadOptions(image_exts=exts, image_column=image_column, id_column=id_column,
+                         caption_column=caption_column),
         max_pixels=max_pixels,
         decode_size=decode_size,
         decode=decode_mode,
@@ -227,29 +230,34 @@ def _signals_as_exit():
 @click.argument("inputs", nargs=-1, required=True, metavar="INPUT...")
 @click.option("--keys", default=3, show_default=True, type=click.IntRange(min=0), help="First keys to show per shard.")
 @click.option("--image-ext", default="jpg;jpeg;png;webp", show_default=True)
-def inspect(inputs, keys, image_ext) -> None:
+@click.option("--caption-column", default=None,
+              help="Parquet column with the caption (default: caption, else text).")
+def inspect(inputs, keys, image_ext, caption_column) -> None:
     """List the shards INPUT... names: format, samples and first keys, without decoding images.
+
+    Also says which img2dataset sidecars (NNNNN.parquet, NNNNN_stats.json) were skipped, how many
+    samples have a status other than success, and when a parquet's image column holds file paths.
+
+    Exit status: 0 every shard readable, 1 some shard could not be read (its line says ERROR),
+    2 usage error.
 
     \b
     Example:
       curator inspect 'shards/{00000..00009}.tar'
     """
-    from curator_cli.inspection import describe_shard
-    from curator_cli.shards import ShardError, find_shards
+    from curator_cli.inspection import inspect_inputs
+    from curator_cli.readers import ReadOptions
+    from curator_cli.shards import ShardError
 
+    exts = tuple(e.strip().lower() for e in image_ext.split(";") if e.strip())
     try:
-        shards = find_shards(list(inputs))
+        report = inspect_inputs(list(inputs), keys, ReadOptions(image_exts=exts, caption_column=caption_column))
     except ShardError as exc:
         raise UsageError(str(exc)) from None
-    if not shards:
-        raise UsageError(f"no shards found in {' '.join(inputs)}")
-    exts = tuple(e.strip().lower() for e in image_ext.split(";") if e.strip())
-    total = 0
-    for shard in shards:
-        info = describe_shard(shard, keys, exts)
-        total += info.samples or 0
-        click.echo(info.line())
-    click.echo(f"{len(shards)} shard(s), {total} sample(s)")
+    for line in report.lines:
+        click.echo(line)
+    if report.errors:
+        sys.exit(EXIT_SHARDS_FAILED)
 
 
 @main.command()

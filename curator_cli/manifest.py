@@ -1,7 +1,11 @@
 """Per-shard manifests: what produced an output file, so a rerun can tell done shards from stale ones.
 
-A manifest ``_NAME.manifest.json`` sits beside each ``NAME.parquet`` and is renamed into place
-after it, so an output counts as done only when both exist and the manifest matches the run.
+The manifest of ``NAME.parquet`` is JSON in that file's own footer (key-value metadata
+``curator.manifest``), written just before the file is closed and renamed into place: an output
+and its manifest appear together or not at all, and the output directory holds nothing but
+parquet files (and an empty ``_SUCCESS``), which is what polars' folder reads need (they skip no
+name prefix, only empty files). Outputs of older versions have the manifest in a sidecar
+``_NAME.manifest.json`` instead; it is still read.
 """
 
 from __future__ import annotations
@@ -16,9 +20,11 @@ from typing import Any
 from curator_cli import __version__
 
 SUCCESS_FILE = "_SUCCESS"
+MANIFEST_KEY = "curator.manifest"
 
 
 def manifest_path(output: Path) -> Path:
+    """The sidecar manifest of ``output``: where older versions kept it."""
     return output.parent / f"_{output.stem}.manifest.json"
 
 
@@ -60,13 +66,37 @@ class Manifest:
         return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True) + "\n"
 
     @classmethod
-    def read(cls, path: Path) -> Manifest | None:
-        """The manifest at ``path``, or None when it is missing or unreadable (treated as not done)."""
+    def from_json(cls, text: str | bytes) -> Manifest | None:
         try:
-            data = json.loads(path.read_text())
+            data = json.loads(text)
             return cls(**{f.name: data[f.name] for f in dataclasses.fields(cls)})
-        except (OSError, ValueError, KeyError, TypeError):
+        except (ValueError, KeyError, TypeError):
             return None
+
+    @classmethod
+    def read(cls, path: Path) -> Manifest | None:
+        """The sidecar manifest at ``path``, or None when it is missing or unreadable (treated as not done)."""
+        try:
+            return cls.from_json(path.read_text())
+        except OSError:
+            return None
+
+
+def read_manifest(output: Path) -> Manifest | None:
+    """The manifest of the output file ``output``: from its footer, else from a sidecar (older outputs).
+
+    None when the file is missing, unreadable, or has no manifest: the shard is then not done.
+    """
+    import pyarrow.parquet as pq
+
+    try:
+        metadata = pq.read_metadata(output).metadata or {}
+    except (OSError, ValueError):  # missing, or not (yet) a whole parquet file: ArrowInvalid is a ValueError
+        return None
+    text = metadata.get(MANIFEST_KEY.encode())
+    if text is not None:
+        return Manifest.from_json(text)
+    return Manifest.read(manifest_path(output))
 
 
 def write_atomic(path: Path, text: str) -> None:
@@ -92,6 +122,8 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
-def write_success(output_dir: Path, summary: dict[str, Any]) -> None:
-    write_atomic(output_dir / SUCCESS_FILE, json.dumps(summary, indent=2, default=str) + "\n")
+def write_success(output_dir: Path) -> None:
+    """An empty ``_SUCCESS``, as Hadoop and Spark write it: polars' folder reads skip only empty files
+    (the run's summary goes to ``--summary-json``)."""
+    write_atomic(output_dir / SUCCESS_FILE, "")
     _fsync_dir(output_dir)

@@ -232,7 +232,7 @@ def run_stages(
         i: ImageObject(
             image_path=sample.image_path,
             image_id=sample.image_id,
-            metadata=dict(sample.metadata),
+            metadata={**sample.passthrough, **sample.metadata},  # stages see a parquet row's columns
             image_data=image,
         )
         for i, (sample, image) in enumerate(zip(decoded.samples, decoded.images))
@@ -254,8 +254,9 @@ def run_stages(
             error=sample.error or filtered.get(i),
         )
         obj = objects.get(i)
-        if obj is not None:
-            row.metadata = obj.metadata
+        if obj is not None:  # what a stage added or changed; columns that pass through are not written twice
+            row.metadata = {k: v for k, v in obj.metadata.items()
+                            if not (k in sample.passthrough and sample.passthrough[k] is v)}
             row.aesthetic_score = None if obj.aesthetic_score is None else float(obj.aesthetic_score)
             row.nsfw_score = None if obj.nsfw_score is None else float(obj.nsfw_score)
             if obj.embedding is None:

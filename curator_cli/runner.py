@@ -17,7 +17,7 @@ from pathlib import Path
 from curator_cli.batching import BatchReady, Feeder, FeederCrashed, ShardFinished, ShardOpened
 from curator_cli.decode import DecodeOptions
 from curator_cli.decode_pool import DecodePool, InlineDecoder
-from curator_cli.manifest import SUCCESS_FILE, Manifest, input_identity, manifest_path, stage_identity, write_success
+from curator_cli.manifest import SUCCESS_FILE, Manifest, input_identity, read_manifest, stage_identity, write_success
 from curator_cli.pipeline import StageContext, StageFailure, decode_request, run_stages
 from curator_cli.readers import ReadOptions
 from curator_cli.shards import Shard, output_paths
@@ -108,7 +108,7 @@ def plan_resume(shards: list[Shard], targets: dict[Shard, Path], config: dict,
     todo, done, mismatched = [], [], []
     for shard in shards:
         target = targets[shard]
-        manifest = Manifest.read(manifest_path(target)) if target.exists() else None
+        manifest = read_manifest(target)
         if overwrite or manifest is None:
             todo.append(shard)
         elif manifest.config != config:
@@ -206,7 +206,7 @@ def finish_run(plan: RunPlan, outcomes: dict[str, ShardOutcome], started: float)
             summary.shards_failed.append(ShardFailure(shard.name, outcome.error))
     summary.seconds = time.perf_counter() - started
     if not summary.shards_failed and summary.shards_written + summary.shards_skipped == summary.shards_total:
-        write_success(Path(summary.output_dir), summary.to_dict())
+        write_success(Path(summary.output_dir))
     return summary
 
 

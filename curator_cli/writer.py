@@ -1,7 +1,13 @@
 """Writing one parquet file per shard: the output schema, embeddings as ``fixed_size_list<float>[D]``.
 
 Each file is written under a hidden temporary name in the target directory and renamed into place
-only when complete, so a file under its final name is always whole.
+only when complete, so a file under its final name is always whole; its manifest is in its footer.
+
+The ``embedding`` column is never null: a row without an embedding (its ``error`` says why) holds
+a vector of zeros. A null in a fixed-size list column is what pyarrow up to 25 cannot read back
+(``Expected all lists to be of size=D``), and what ``np.stack``, embedding-reader and autofaiss
+fail on. Only when no image of the run was embedded, and no finished output of the same config
+sits beside the file, is the dimension unknown: those files hold ``list<float>`` nulls.
 """
 
 from __future__ import annotations
@@ -19,10 +25,11 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from curator_cli.manifest import Manifest, manifest_path, write_atomic
+from curator_cli.manifest import MANIFEST_KEY, Manifest, manifest_path, read_manifest, write_atomic
 
 SCORE_COLUMNS = ("aesthetic_score", "nsfw_score")
 ROWS_PER_ROW_GROUP = 4096
+NO_EMBEDDING = "no embedding"
 
 
 @dataclass
@@ -90,16 +97,51 @@ def metadata_json(metadata: dict[str, Any]) -> str:
 
 
 def _embedding_array(rows: list[OutputRow], layout: OutputLayout) -> pa.Array:
+    """Every row's vector; zeros where there is none (no nulls: see the module docstring)."""
     value_type = np.float16 if layout.embedding_dtype == "float16" else np.float32
-    mask = np.array([r.embedding is None for r in rows], dtype=bool)
     if layout.dim:
         values = np.zeros((len(rows), layout.dim), dtype=value_type)
         for i, r in enumerate(rows):
             if r.embedding is not None:
                 values[i] = r.embedding
-        flat = pa.array(values.reshape(-1))
-        return pa.FixedSizeListArray.from_arrays(flat, layout.dim, mask=pa.array(mask))
+        return pa.FixedSizeListArray.from_arrays(pa.array(values.reshape(-1)), layout.dim)
     return pa.array([None] * len(rows), type=layout.embedding_type())
+
+
+def _error(row: OutputRow) -> str | None:
+    """A row without an embedding always says why, so its zero vector never passes for a real one."""
+    if row.embedding is None and not row.error:
+        return NO_EMBEDDING
+    return row.error
+
+
+def dimension_beside(targets: list[Path], config: dict, limit: int = 64) -> int | None:
+    """The embedding dimension of a finished output of the same ``config`` in the targets' directories.
+
+    For shards in which no image was embedded, when this process has not seen the dimension yet (a
+    rerun that redoes only such shards, or a Ray actor that got only those): their zeros then have
+    the same type as the rest of the directory. Looks at no more than ``limit`` files.
+    """
+    seen = 0
+    for directory in dict.fromkeys(t.parent for t in targets):
+        if not directory.is_dir():
+            continue
+        for path in sorted(directory.glob("*.parquet")):
+            if path.name.startswith((".", "_")):
+                continue
+            seen += 1
+            if seen > limit:
+                return None
+            manifest = read_manifest(path)
+            if manifest is None or manifest.config != config:
+                continue
+            try:
+                embedding = pq.read_schema(path).field("embedding").type
+            except (OSError, ValueError, KeyError):
+                continue
+            if pa.types.is_fixed_size_list(embedding) and embedding.list_size > 0:
+                return embedding.list_size
+    return None
 
 
 class ShardWriter:
@@ -153,22 +195,23 @@ class ShardWriter:
         columns["embedding"] = _embedding_array(rows, self.layout)
         for c in self.layout.score_columns or ():
             columns[c] = pa.array([getattr(r, c) for r in rows], pa.float32())
-        columns["error"] = pa.array([r.error for r in rows], pa.string())
+        columns["error"] = pa.array([_error(r) for r in rows], pa.string())
         return pa.Table.from_arrays([columns[name] for name in self._schema.names], schema=self._schema)
 
     def commit(self, manifest: Manifest | None = None) -> int:
-        """Write what is left, close, and rename into place, then the manifest beside it.
+        """Write what is left, the manifest into the footer, close, and rename into place.
 
         Returns the number of rows written. Until the manifest is in place the output does not count as done.
         """
         self._flush()
         assert self._writer is not None
+        if manifest is not None:
+            self._writer.add_key_value_metadata({MANIFEST_KEY: manifest.to_json()})
         self._writer.close()
         with open(self.temp_path, "rb") as handle:
             os.fsync(handle.fileno())
         os.replace(self.temp_path, self.final_path)
-        if manifest is not None:
-            write_atomic(manifest_path(self.final_path), manifest.to_json())
+        manifest_path(self.final_path).unlink(missing_ok=True)  # an older version's, describing the file replaced
         return self.rows_written
 
     def abort(self) -> None:
@@ -269,6 +312,10 @@ class BackgroundWriter:
             writer.abort()
             self.outcomes.setdefault(key, WriteOutcome(error="interrupted"))
         self._writers.clear()
+        if self._waiting and not discard and self.layout.dim is None:
+            # no image of this run was embedded: take the dimension of finished outputs beside these
+            self.layout.dim = dimension_beside([w.final_path for _, w, _ in self._waiting],
+                                               self._waiting[0][2].config)
         for key, writer, manifest in self._waiting:
             if discard:
                 writer.abort()

@@ -32,9 +32,9 @@ def resnet(tmp_path) -> list[str]:
 
 
 def embeddings_of(table) -> dict[str, np.ndarray]:
-    """image_id -> embedding, for the rows that have one."""
-    return {key: np.asarray(vector, np.float32) for key, vector in
-            zip(table.column("image_id").to_pylist(), table.column("embedding").to_pylist()) if vector is not None}
+    """image_id -> embedding, for the rows that have one (failed rows hold zeros and an error)."""
+    columns = (table.column(c).to_pylist() for c in ("image_id", "embedding", "error"))
+    return {key: np.asarray(vector, np.float32) for key, vector, error in zip(*columns) if error is None}
 
 
 def min_cosine(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> float:

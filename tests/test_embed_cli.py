@@ -96,7 +96,7 @@ def test_sample_data_nested_layout_and_parquet_passthrough(cli, tmp_path):
     assert table.num_rows == 6
     assert table.column("status").to_pylist()[-1] == "failed_to_download"
     assert table.column("error").to_pylist()[-1] == "input status failed_to_download: HTTP 404"
-    assert table.column("embedding").to_pylist()[-1] is None
+    assert table.column("embedding").to_pylist()[-1] == [0.0] * 303  # failed rows keep zeros, never null
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert (summary["shards_total"], summary["shards_written"], summary["images"], summary["images_failed"]) == (2, 2, 14, 1)
     assert summary["embedding_dim"] == 303 and summary["images_per_second"] > 0
@@ -163,7 +163,8 @@ def test_inspect_and_show(cli, tmp_path):
     shown = cli("show", tmp_path / "out")
     assert shown.exit_code == 0
     assert "2 file(s), 14 row(s)" in shown.output and "embedding dimension: 303" in shown.output
-    assert "null embeddings: 1" in shown.output and "input status failed_to_download (1)" in shown.output
+    assert "rows not embedded (error set, zero vector): 1" in shown.output
+    assert "input status failed_to_download (1)" in shown.output
 
 
 def test_console_script_quiet_prints_nothing(tmp_path):

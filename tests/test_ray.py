@@ -155,7 +155,7 @@ def test_resume_after_a_killed_ray_run(cli, tmp_path, ray_cluster, stages):
     import time
 
     deadline = time.monotonic() + 120
-    while not list(out.glob("_*.manifest.json")):
+    while not list(out.glob("*.parquet")):
         assert driver.poll() is None, driver.stderr.read()
         assert time.monotonic() < deadline
         time.sleep(0.05)

@@ -7,6 +7,7 @@ from collections.abc import Iterable
 import pyarrow as pa
 
 from curator_cli.readers.base import ReadOptions, Sample, ShardReadError
+from curator_cli.readers.files import read_files_shard
 from curator_cli.readers.folder import read_folder
 from curator_cli.readers.parquet import read_parquet
 from curator_cli.readers.tar import read_tar
@@ -37,4 +38,6 @@ def open_shard(shard: Shard, options: ReadOptions) -> OpenShard:
         return OpenShard(reader, reader.passthrough_fields)
     if shard.format == "folder":
         return OpenShard(read_folder(shard.path, options), [])
+    if shard.format == "files":
+        return OpenShard(read_files_shard(shard.path, options), [])
     raise ShardReadError(f"unknown shard format {shard.format!r}")

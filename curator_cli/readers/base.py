@@ -37,6 +37,13 @@ class ReadOptions:
     image_exts: tuple[str, ...] = ("jpg", "jpeg", "png", "webp")
     image_column: str | None = None
     id_column: str | None = None
+    caption_column: str | None = None  # parquet: None tries ``caption``, then ``text``
+
+
+def status_error(status: Any, message: Any = None) -> str:
+    """The error of a sample img2dataset did not fetch (``status`` other than ``success``), the same
+    for every layout so that ``curator show`` counts them together."""
+    return f"input status {status}" + (f": {message}" if message else "")
 
 
 @dataclass

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from curator_cli.readers.base import ReadOptions, Sample, ShardReadError
+from curator_cli.readers.base import ByteRange, ReadOptions, Sample, ShardReadError, status_error
 
 ID_COLUMNS = ("key", "image_id", "id", "uid")
+CAPTION_COLUMNS = ("caption", "text")  # img2dataset's name, then Hugging Face's usual one
 PREFERRED_IMAGE_COLUMNS = ("jpg", "jpeg", "png", "webp", "image", "img", "image_bytes", "bytes")
 # Columns curator writes itself; an input column of the same name passes through as input_<name>.
 RESERVED_COLUMNS = ("image_id", "shard", "image_path", "caption", "metadata", "embedding",
@@ -18,13 +20,13 @@ RESERVED_COLUMNS = ("image_id", "shard", "image_path", "caption", "metadata", "e
 ROWS_PER_READ = 1024
 
 
-def _is_binary(tp: pa.DataType) -> bool:
+def is_binary_type(tp: pa.DataType) -> bool:
     return pa.types.is_binary(tp) or pa.types.is_large_binary(tp) or pa.types.is_fixed_size_binary(tp)
 
 
 def _is_hf_image(tp: pa.DataType) -> bool:
     return pa.types.is_struct(tp) and any(
-        tp.field(i).name == "bytes" and _is_binary(tp.field(i).type) for i in range(tp.num_fields)
+        tp.field(i).name == "bytes" and is_binary_type(tp.field(i).type) for i in range(tp.num_fields)
     )
 
 
@@ -34,10 +36,10 @@ def find_image_column(schema: pa.Schema, requested: str | None) -> str:
         if requested not in schema.names:
             raise ShardReadError(f"no column {requested!r} (columns: {', '.join(schema.names)})")
         tp = schema.field(requested).type
-        if not (_is_binary(tp) or _is_hf_image(tp)):
+        if not (is_binary_type(tp) or _is_hf_image(tp)):
             raise ShardReadError(f"column {requested!r} is {tp}, not binary image bytes")
         return requested
-    candidates = [f.name for f in schema if _is_binary(f.type) or _is_hf_image(f.type)]
+    candidates = [f.name for f in schema if is_binary_type(f.type) or _is_hf_image(f.type)]
     if not candidates:
         raise ShardReadError(
             f"no image column (binary or struct<bytes, path>) among: {', '.join(schema.names)}; "
@@ -57,6 +59,44 @@ def find_id_column(schema: pa.Schema, requested: str | None) -> str | None:
     return next((name for name in ID_COLUMNS if name in schema.names), None)
 
 
+def find_caption_column(schema: pa.Schema, requested: str | None) -> str | None:
+    """The caption column: ``requested``, else ``caption`` (whatever its type: an all-null one is
+    still img2dataset's), else a ``text`` column of strings."""
+    if requested:
+        if requested not in schema.names:
+            raise ShardReadError(f"no caption column {requested!r} (columns: {', '.join(schema.names)})")
+        return requested
+    if "caption" in schema.names:
+        return "caption"
+    strings = {f.name for f in schema if pa.types.is_string(f.type) or pa.types.is_large_string(f.type)}
+    return next((name for name in CAPTION_COLUMNS if name in strings), None)
+
+
+def has_image_column(path: Path) -> bool | None:
+    """Whether a parquet file has a column curator can read images from; None if it is not readable.
+    img2dataset's metadata sidecars have none."""
+    try:
+        schema = pq.read_schema(path)
+    except (pa.ArrowException, OSError):
+        return None
+    return any(is_binary_type(f.type) or _is_hf_image(f.type) for f in schema)
+
+
+def resolve_image_file(stored: str, parquet_dir: Path) -> tuple[str, bool]:
+    """Where a path-only Hugging Face Image value points, and whether that file exists.
+
+    A relative path is tried against the parquet file's folder, then the working directory
+    (``datasets`` itself uses the working directory); the first that exists wins, else the first.
+    """
+    if os.path.isabs(stored):
+        return stored, os.path.isfile(stored)
+    candidates = [os.path.abspath(parquet_dir / stored), os.path.abspath(stored)]
+    for candidate in candidates:
+        if os.path.isfile(candidate):
+            return candidate, True
+    return candidates[0], False
+
+
 def passthrough_name(column: str) -> str:
     return f"input_{column}" if column in RESERVED_COLUMNS else column
 
@@ -73,12 +113,12 @@ class ParquetShardReader:
         schema = self._file.schema_arrow
         self.image_column = find_image_column(schema, options.image_column)
         self.id_column = find_id_column(schema, options.id_column)
+        self.caption_column = find_caption_column(schema, options.caption_column)
         self.hf_image = _is_hf_image(schema.field(self.image_column).type)
+        self._own_columns = {c for c in (self.image_column, self.id_column, self.caption_column) if c}
         self.passthrough_fields = [
-            pa.field(passthrough_name(f.name), f.type) for f in schema
-            if f.name not in (self.image_column, self.id_column, "caption")
+            pa.field(passthrough_name(f.name), f.type) for f in schema if f.name not in self._own_columns
         ]
-        self._has_caption = "caption" in schema.names
 
     def __iter__(self) -> Iterator[Sample]:
         row = 0
@@ -91,36 +131,50 @@ class ParquetShardReader:
 
     def _samples(self, columns: dict, count: int, first_row: int) -> Iterator[Sample]:
         images = columns[self.image_column]
+        captions = columns[self.caption_column] if self.caption_column else None
         for i in range(count):
             value = images[i]
-            name = None
-            if self.hf_image and value is not None:
-                name = value.get("path")
-                value = value.get("bytes")
             row_id = columns[self.id_column][i] if self.id_column else None
             image_id = str(first_row + i) if row_id is None else str(row_id)
-            passthrough = {
-                passthrough_name(c): columns[c][i]
-                for c in columns if c not in (self.image_column, self.id_column, "caption")
-            }
-            caption = columns["caption"][i] if self._has_caption else None
+            image_path = f"{self.path}/{image_id}"
             error = None
+            if self.hf_image and value is not None:
+                stored, value = value.get("path"), value.get("bytes")
+                if value is None and stored:
+                    image_path, value, error = self._image_file(stored)
+                elif stored:
+                    image_path = f"{self.path}/{stored}"
+            # The passthrough columns are written as columns of their own: not again in metadata.
+            passthrough = {passthrough_name(c): columns[c][i] for c in columns if c not in self._own_columns}
+            caption = captions[i] if captions is not None else None
             status = passthrough.get("status")
             if status is not None and status != "success":
-                detail = passthrough.get("error_message")
-                error = f"input status {status}" + (f": {detail}" if detail else "")
-            elif value is None:
+                error = status_error(status, passthrough.get("error_message"))
+                value = None
+            elif value is None and error is None:
                 error = f"no image in column {self.image_column!r}"
             yield Sample(
                 image_id=image_id,
-                image_path=f"{self.path}/{name or image_id}",
+                image_path=image_path,
                 data=value,
                 caption=None if caption is None else str(caption),
-                metadata={k: v for k, v in passthrough.items()},
                 passthrough=passthrough,
                 error=error,
             )
 
+    def _image_file(self, stored: str) -> tuple[str, ByteRange | None, str | None]:
+        """(image_path, deferred read, error) for a path-only Image value; the decoder reads the file."""
+        if "://" in stored:
+            return stored, None, f"image path is a URL, not a local file: {stored}"
+        resolved, exists = resolve_image_file(stored, self.path.parent)
+        if not exists:
+            return resolved, None, f"image file not found: {resolved}"
+        try:
+            return resolved, ByteRange(resolved, 0, os.path.getsize(resolved)), None
+        except OSError as exc:
+            return resolved, None, f"unreadable file: {exc.strerror or exc}"
+
 
 def read_parquet(path: Path, options: ReadOptions) -> ParquetShardReader:
+    """Open a parquet shard (its footer only); rows are read as the result is iterated."""
     return ParquetShardReader(path, options)

@@ -9,6 +9,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from curator_cli.readers.base import ByteRange, ReadOptions, Sample, ShardReadError, payload_bytes
+from curator_cli.readers.img2dataset import sidecar_failures
+from curator_cli.shards import sidecar_parquet
 
 INLINE_BYTES = 16 << 10  # members up to this size are read here; larger ones by the decoders
 
@@ -92,27 +94,45 @@ def _decode_text(payload: bytes | ByteRange) -> str:
     return payload_bytes(payload).decode("utf-8", errors="replace").strip()
 
 
+def sample_from_members(key: str, members: dict[str, bytes | ByteRange], location: str,
+                        options: ReadOptions) -> Sample:
+    """One WebDataset-style sample: the image chosen by ``options.image_exts``, caption from .txt,
+    metadata from .json. ``location`` is the tar or folder the members are in (for ``image_path``)."""
+    image_ext = next((ext for ext in options.image_exts if ext in members), None)
+    metadata: dict = {}
+    error = None
+    if "json" in members:
+        try:
+            parsed = json.loads(payload_bytes(members["json"]) or b"{}")
+            metadata = parsed if isinstance(parsed, dict) else {"json": parsed}
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            metadata = {"json_text": _decode_text(members["json"])}
+        except OSError:
+            metadata = {}
+    caption = None
+    if "txt" in members:
+        try:
+            caption = _decode_text(members["txt"])
+        except OSError:
+            caption = None
+    if image_ext is None:
+        found = ", ".join(sorted(members)) or "none"
+        error = f"no image member (wanted {'/'.join(options.image_exts)}; found {found})"
+    return Sample(
+        image_id=key,
+        image_path=f"{location}/{key}.{image_ext or options.image_exts[0]}",
+        data=members.get(image_ext) if image_ext else None,
+        caption=caption,
+        metadata=metadata,
+        error=error,
+    )
+
+
 def read_tar(path: Path, options: ReadOptions) -> Iterator[Sample]:
-    """Samples of a tar shard: the image chosen by ``options.image_exts``, caption from .txt, metadata from .json."""
+    """Samples of a tar shard, then the samples img2dataset failed to fetch (listed only in its
+    sidecar ``NNNNN.parquet``, when there is one) as error rows."""
+    seen: set[str] = set()
     for key, members in iter_tar_groups(path):
-        image_ext = next((ext for ext in options.image_exts if ext in members), None)
-        metadata: dict = {}
-        error = None
-        if "json" in members:
-            try:
-                parsed = json.loads(payload_bytes(members["json"]) or b"{}")
-                metadata = parsed if isinstance(parsed, dict) else {"json": parsed}
-            except (json.JSONDecodeError, UnicodeDecodeError):
-                metadata = {"json_text": _decode_text(members["json"])}
-        caption = _decode_text(members["txt"]) if "txt" in members else None
-        if image_ext is None:
-            found = ", ".join(sorted(members)) or "none"
-            error = f"no image member (wanted {'/'.join(options.image_exts)}; found {found})"
-        yield Sample(
-            image_id=key,
-            image_path=f"{path}/{key}.{image_ext or options.image_exts[0]}",
-            data=members.get(image_ext) if image_ext else None,
-            caption=caption,
-            metadata=metadata,
-            error=error,
-        )
+        seen.add(key)
+        yield sample_from_members(key, members, str(path), options)
+    yield from sidecar_failures(sidecar_parquet(path), seen, options, str(path))
