@@ -250,7 +250,7 @@ def machine() -> dict[str, Any]:
                                 capture_output=True, text=True).stdout.strip())
     where = subprocess.run([sys.executable, "-c", "import curator_cli; print(curator_cli.__file__)"], cwd=BENCH_DIR,
                            capture_output=True, text=True).stdout.strip()
-    from curator_cli.pipeline import default_precision
+    from curator_cli.execution.stage_runner import default_precision
 
     return {"cpu": cpu, "cpu_count": os.cpu_count(), "python": platform.python_version(), "torch": torch.__version__,
             "curator_precision": default_precision("cpu"),

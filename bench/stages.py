@@ -21,7 +21,7 @@ from PIL import Image, ImageStat
 
 from curator_cli.stages.base import ProcessingStage
 from curator_cli.tasks import ImageBatch
-from curator_cli.workers import WorkerMetadata
+from curator_cli.stages.worker_metadata import WorkerMetadata
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)

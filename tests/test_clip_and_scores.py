@@ -10,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-from curator_cli.stages.linear_head import head_layers
+from curator_cli.stages.builtin.linear_head import head_layers
 
 from conftest import img2dataset_tar, read_output, unit_norms
 from test_torchvision_stage import assert_same_vectors, decoded_images, embeddings
@@ -144,7 +144,7 @@ def test_head_layers_run_in_natural_order_and_must_chain():
 
 def test_clip_declares_its_input_size_before_setup():
     pytest.importorskip("open_clip")
-    from curator_cli.stages.clip_embedding import ClipEmbeddingStage
+    from curator_cli.stages.builtin.clip_embedding import ClipEmbeddingStage
 
     assert ClipEmbeddingStage().decode_size == 224
     assert ClipEmbeddingStage(model="ViT-L-14-336").decode_size == 336

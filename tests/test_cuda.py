@@ -73,7 +73,7 @@ def test_gpu_decode_matches_cpu_decode_and_falls_back_per_image(cli, tmp_path, r
 
 
 def test_tensor_fast_path_hands_pinned_memory_to_cuda_stages():
-    from curator_cli.pipeline import pixel_tensor
+    from curator_cli.execution.stage_runner import pixel_tensor
 
     batch = pixel_tensor([np.zeros((40, 50, 3), np.uint8), np.ones((64, 64, 3), np.uint8)], 64, "cuda")
     assert tuple(batch.shape) == (2, 3, 64, 64) and batch.dtype == torch.uint8 and batch.is_pinned()

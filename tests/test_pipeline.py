@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import curator_cli.readers as readers
-from curator_cli.decode import DecodeOptions
-from curator_cli.decode_pool import DecodePool, cpu_wait_seconds
+import curator_cli.io.readers as readers
+from curator_cli.decode.pillow import DecodeOptions
+from curator_cli.decode.pool import DecodePool, cpu_wait_seconds
 
 from conftest import encode, img2dataset_tar, jpeg, read_output, synthetic_photo, write_tar
 
@@ -124,7 +124,7 @@ def test_a_slow_stage_does_not_let_reading_run_ahead(cli, tmp_path, probes, monk
     """Memory stays bounded: reading never gets more than a few batches ahead of the stages."""
     img2dataset_tar(tmp_path / "in" / "00000.tar", 60, size=(32, 32))
     ahead = []
-    from curator_cli import pipeline
+    from curator_cli.execution import stage_runner as pipeline
 
     original_run = pipeline.run_stages
 
@@ -132,7 +132,7 @@ def test_a_slow_stage_does_not_let_reading_run_ahead(cli, tmp_path, probes, monk
         ahead.append(len(read))
         return original_run(stages, decoded, *args, **kwargs)
 
-    monkeypatch.setattr("curator_cli.runner.run_stages", observing_run_stages)
+    monkeypatch.setattr("curator_cli.execution.processor.run_stages", observing_run_stages)
     result = cli("embed", tmp_path / "in", "-o", tmp_path / "out", "--stage", f"{probes}:Shapes",
                  "--stage-arg", "delay=0.05", "--batch-size", "4", "--num-workers", "1")
     assert result.exit_code == 0, result.output
@@ -144,10 +144,10 @@ def test_a_slow_stage_does_not_let_reading_run_ahead(cli, tmp_path, probes, monk
 def test_read_ahead_counts_batches_not_shards(tmp_path, read):
     """Shards smaller than a batch: the feeder still reads ``prefetch`` whole batches ahead of the
     one the stages hold (shard boundaries do not use up the read-ahead), and no more."""
-    from curator_cli.batching import BatchReady, Feeder
-    from curator_cli.decode_pool import InlineDecoder
-    from curator_cli.readers import ReadOptions
-    from curator_cli.shards import find_shards
+    from curator_cli.execution.feeder import BatchReady, Feeder
+    from curator_cli.decode.pool import InlineDecoder
+    from curator_cli.io.readers import ReadOptions
+    from curator_cli.io.shards import find_shards
 
     for s in range(6):
         img2dataset_tar(tmp_path / f"{s:05d}.tar", 3, first_seed=10 * s, size=(24, 24))
@@ -168,8 +168,8 @@ def test_read_ahead_counts_batches_not_shards(tmp_path, read):
 def test_stage_setup_overlaps_the_first_reads_and_decodes(tmp_path, read):
     """A slow model load is not followed by a wait for the first batch: reading and decoding start
     before the stages' setup and go on while it runs."""
-    from curator_cli.runner import EmbedOptions, run_local
-    from curator_cli.shards import find_shards
+    from curator_cli.execution.processor import EmbedOptions, run_local
+    from curator_cli.io.shards import find_shards
     from curator_cli.stages.base import ProcessingStage
     from curator_cli.tasks import ImageBatch
 
@@ -250,8 +250,8 @@ def test_gpu_decoder_logic_with_the_cpu_standing_in_for_nvjpeg():
     else (and EXIF-rotated JPEGs) falls back per image to the CPU decoder, and the pixel limit holds."""
     import torch
 
-    from curator_cli.decode import decode_with
-    from curator_cli.gpu_decode import GpuDecoder
+    from curator_cli.decode.pillow import decode_with
+    from curator_cli.decode.gpu import GpuDecoder
 
     options = DecodeOptions(min_side=64, crop=True, max_pixels=200 * 200)
     decoder = GpuDecoder.__new__(GpuDecoder)  # skips the CUDA check only

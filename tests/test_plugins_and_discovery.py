@@ -103,7 +103,7 @@ def test_builtin_names_work_from_a_source_checkout_that_was_never_installed(tmp_
 def test_stages_name_shows_one_in_full(cli):
     result = cli("stages", "torchvision")
     assert result.exit_code == 0, result.output
-    assert result.output.startswith("torchvision  (curator_cli.stages.torchvision_embedding:TorchvisionEmbeddingStage, built in)")
+    assert result.output.startswith("torchvision  (curator_cli.stages.builtin.torchvision_embedding:TorchvisionEmbeddingStage, built in)")
     assert "downloaded into the torch cache" in result.output  # the module's documentation
     assert re.search(r"^  weights +str +'DEFAULT'$", result.output, re.MULTILINE)
     by_path = cli("stages", f"{PLUGINS / 'custom_embedding.py'}:MyCustomEmbeddingStage")

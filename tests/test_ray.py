@@ -12,7 +12,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from curator_cli.ray_executor import actor_count
+from curator_cli.execution.ray import actor_count
 from curator_cli.stages.resources import Resources
 
 from conftest import ROOT, img2dataset_tar

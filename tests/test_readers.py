@@ -7,9 +7,9 @@ import json
 import pyarrow as pa
 import pytest
 
-from curator_cli.readers import ReadOptions, open_shard
-from curator_cli.readers.tar import split_member_name
-from curator_cli.shards import Shard, ShardError, expand_braces, find_shards, output_paths
+from curator_cli.io.readers import ReadOptions, open_shard
+from curator_cli.io.readers.tar import split_member_name
+from curator_cli.io.shards import Shard, ShardError, expand_braces, find_shards, output_paths
 
 from conftest import encode, img2dataset_tar, jpeg, synthetic_photo, write_parquet, write_tar
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from curator_cli.stage_loader import StageSpecError, coerce_value, load_stages
+from curator_cli.loading.specs import StageSpecError, coerce_value, load_stages
 
 from conftest import ROOT, img2dataset_tar, read_output
 
@@ -52,7 +52,7 @@ def test_file_spec_and_coercion(plugin):
 
 
 def test_module_spec_and_registered_name():
-    [a] = load_stages(["curator_cli.stages.perceptual:PerceptualEmbeddingStage"], [])
+    [a] = load_stages(["curator_cli.stages.builtin.perceptual:PerceptualEmbeddingStage"], [])
     [b] = load_stages(["perceptual"], ["colour_weight=0.5"])
     assert type(a) is type(b) and b.colour_weight == 0.5
 

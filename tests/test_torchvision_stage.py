@@ -11,9 +11,9 @@ import pytest
 import torch
 from PIL import Image
 
-from curator_cli.stages.torchvision_embedding import TorchvisionEmbeddingStage
+from curator_cli.stages.builtin.torchvision_embedding import TorchvisionEmbeddingStage
 from curator_cli.tasks import ImageBatch, ImageObject
-from curator_cli.workers import WorkerMetadata
+from curator_cli.stages.worker_metadata import WorkerMetadata
 
 from conftest import img2dataset_tar, read_output, unit_norms
 

@@ -14,7 +14,7 @@ from typing import Any, Generic, TypeVar
 
 from curator_cli.stages.resources import Resources
 from curator_cli.tasks import Task
-from curator_cli.workers import NodeInfo, WorkerMetadata
+from curator_cli.stages.worker_metadata import NodeInfo, WorkerMetadata
 
 X = TypeVar("X", bound=Task)
 Y = TypeVar("Y", bound=Task)

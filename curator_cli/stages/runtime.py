@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from curator_cli.devices import device as run_device
-from curator_cli.workers import WorkerMetadata
+from curator_cli.stages.worker_metadata import WorkerMetadata
 
 PRECISIONS = ("fp32", "bf16", "fp16")
 

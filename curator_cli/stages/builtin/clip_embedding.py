@@ -31,7 +31,7 @@ from curator_cli.stages.checkpoints import looks_like_path
 from curator_cli.stages.preprocess import Preprocess
 from curator_cli.stages.runtime import stage_device, stage_precision
 from curator_cli.tasks import ImageBatch
-from curator_cli.workers import WorkerMetadata
+from curator_cli.stages.worker_metadata import WorkerMetadata
 
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)

@@ -6,12 +6,12 @@ from collections.abc import Iterable
 
 import pyarrow as pa
 
-from curator_cli.readers.base import ReadOptions, Sample, ShardReadError
-from curator_cli.readers.files import read_files_shard
-from curator_cli.readers.folder import read_folder
-from curator_cli.readers.parquet import read_parquet
-from curator_cli.readers.tar import read_tar
-from curator_cli.shards import Shard
+from curator_cli.io.readers.base import ReadOptions, Sample, ShardReadError
+from curator_cli.io.readers.files import read_files_shard
+from curator_cli.io.readers.folder import read_folder
+from curator_cli.io.readers.parquet import read_parquet
+from curator_cli.io.readers.tar import read_tar
+from curator_cli.io.shards import Shard
 
 __all__ = ["ReadOptions", "Sample", "ShardReadError", "open_shard"]
 

@@ -12,7 +12,7 @@ import inspect
 import sys
 from dataclasses import dataclass, field
 
-from curator_cli.stage_loader import StageArg, StageSpecError, resolve_stage_class, stage_arguments, stage_entry_points
+from curator_cli.loading.specs import StageArg, StageSpecError, resolve_stage_class, stage_arguments, stage_entry_points
 
 BUILTIN_PREFIX = "curator_cli."
 

@@ -19,9 +19,9 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from curator_cli.decode_pool import DecodeJob
-from curator_cli.readers import ReadOptions, Sample, ShardReadError, open_shard
-from curator_cli.shards import Shard
+from curator_cli.decode.pool import DecodeJob
+from curator_cli.io.readers import ReadOptions, Sample, ShardReadError, open_shard
+from curator_cli.io.shards import Shard
 
 
 @dataclass

@@ -6,8 +6,8 @@ import json
 from collections.abc import Iterator
 from pathlib import Path
 
-from curator_cli.readers.base import ByteRange, ReadOptions, Sample
-from curator_cli.shards import is_image_file
+from curator_cli.io.readers.base import ByteRange, ReadOptions, Sample
+from curator_cli.io.shards import is_image_file
 
 
 def read_folder(path: Path, options: ReadOptions) -> Iterator[Sample]:

@@ -16,8 +16,8 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from curator_cli.readers.base import ReadOptions, Sample, status_error
-from curator_cli.readers.parquet import find_caption_column, is_binary_type
+from curator_cli.io.readers.base import ReadOptions, Sample, status_error
+from curator_cli.io.readers.parquet import find_caption_column, is_binary_type
 
 log = logging.getLogger("curator")
 

@@ -24,12 +24,12 @@ from typing import Any, Literal
 
 import numpy as np
 
-from curator_cli.pipeline import to_vector
+from curator_cli.execution.stage_runner import to_vector
 from curator_cli.stages.base import ProcessingStage
 from curator_cli.stages.checkpoints import load_state_dict
 from curator_cli.stages.runtime import stage_device
 from curator_cli.tasks import ImageBatch
-from curator_cli.workers import WorkerMetadata
+from curator_cli.stages.worker_metadata import WorkerMetadata
 
 
 def _natural_key(text: str) -> list[Any]:

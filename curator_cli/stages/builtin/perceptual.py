@@ -23,7 +23,7 @@ import numpy as np
 from curator_cli.devices import device as run_device
 from curator_cli.stages.base import ProcessingStage
 from curator_cli.tasks import ImageBatch
-from curator_cli.workers import WorkerMetadata
+from curator_cli.stages.worker_metadata import WorkerMetadata
 
 THUMB = 64
 DCT_KEEP = 16

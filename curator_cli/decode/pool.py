@@ -36,8 +36,8 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from curator_cli.decode import DecodeError, DecodeOptions, decode_with
-from curator_cli.readers.base import ByteRange
+from curator_cli.decode.pillow import DecodeError, DecodeOptions, decode_with
+from curator_cli.io.readers.base import ByteRange
 
 
 class DecodeJob:

@@ -17,9 +17,9 @@ from typing import Any
 
 from PIL import Image
 
-from curator_cli.decode import DecodeOptions
-from curator_cli.decode_pool import DecodeJob, Decoder, decode_one
-from curator_cli.readers.base import ByteRange, payload_bytes
+from curator_cli.decode.pillow import DecodeOptions
+from curator_cli.decode.pool import DecodeJob, Decoder, decode_one
+from curator_cli.io.readers.base import ByteRange, payload_bytes
 
 JPEG_MAGIC = b"\xff\xd8\xff"
 RESIZE_GROUP = 32  # decoded images of one shape resized per call (bounds the extra GPU memory)

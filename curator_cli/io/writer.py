@@ -25,7 +25,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from curator_cli.manifest import MANIFEST_KEY, Manifest, manifest_path, read_manifest, write_atomic
+from curator_cli.io.manifest import MANIFEST_KEY, Manifest, manifest_path, read_manifest, write_atomic
 
 SCORE_COLUMNS = ("aesthetic_score", "nsfw_score")
 ROWS_PER_ROW_GROUP = 4096

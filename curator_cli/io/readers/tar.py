@@ -8,9 +8,9 @@ import tarfile
 from collections.abc import Iterator
 from pathlib import Path
 
-from curator_cli.readers.base import ByteRange, ReadOptions, Sample, ShardReadError, payload_bytes
-from curator_cli.readers.img2dataset import sidecar_failures
-from curator_cli.shards import sidecar_parquet
+from curator_cli.io.readers.base import ByteRange, ReadOptions, Sample, ShardReadError, payload_bytes
+from curator_cli.io.readers.img2dataset import sidecar_failures
+from curator_cli.io.shards import sidecar_parquet
 
 INLINE_BYTES = 16 << 10  # members up to this size are read here; larger ones by the decoders
 

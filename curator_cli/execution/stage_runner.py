@@ -14,11 +14,11 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from curator_cli.batching import DecodedBatch
-from curator_cli.decode import square_crop
+from curator_cli.execution.feeder import DecodedBatch
+from curator_cli.decode.pillow import square_crop
 from curator_cli.stages.base import ProcessingStage, apply_to_tasks
 from curator_cli.tasks import ImageBatch, ImageObject
-from curator_cli.writer import OutputLayout, OutputRow
+from curator_cli.io.writer import OutputLayout, OutputRow
 
 
 class StageFailure(Exception):

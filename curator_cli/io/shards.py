@@ -96,7 +96,7 @@ def is_files_layout(folder: Path) -> bool:
     sidecar = folder.parent / f"{folder.name}.parquet"
     if not sidecar.is_file():
         return False
-    from curator_cli.readers.parquet import has_image_column  # readers import this module
+    from curator_cli.io.readers.parquet import has_image_column  # readers import this module
 
     return has_image_column(sidecar) is False
 
@@ -188,7 +188,7 @@ def _named_file(path: Path, match: str) -> Shard:
             )
         raise ShardError(f"input {match!r} is not a .tar or .parquet shard")
     if fmt == "parquet":
-        from curator_cli.readers.parquet import has_image_column  # readers import this module
+        from curator_cli.io.readers.parquet import has_image_column  # readers import this module
 
         owner = sidecar_owner(path)
         if owner is not None and has_image_column(path) is False:

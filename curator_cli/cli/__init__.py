@@ -128,12 +128,12 @@ def embed(inputs, output, stage_specs, stage_args, batch_size, device, image_ext
       curator embed 'shards/{00000..00099}.tar' -o out/ --summary-json out/_summary.json -q
     """
     from curator_cli.devices import DeviceError, resolve_device, set_active_device
-    from curator_cli.lock import LockedError, OutputLock
-    from curator_cli.pipeline import default_precision
-    from curator_cli.readers import ReadOptions
-    from curator_cli.runner import ConfigMismatchError, EmbedOptions, StageSetupError, run_local
-    from curator_cli.shards import ShardError, find_shards, output_paths
-    from curator_cli.stage_loader import StageSpecError, load_stages
+    from curator_cli.io.lock import LockedError, OutputLock
+    from curator_cli.execution.stage_runner import default_precision
+    from curator_cli.io.readers import ReadOptions
+    from curator_cli.execution.processor import ConfigMismatchError, EmbedOptions, StageSetupError, run_local
+    from curator_cli.io.shards import ShardError, find_shards, output_paths
+    from curator_cli.loading.specs import StageSpecError, load_stages
 
     _setup_logging(log_file, quiet)
     if decode_size is not None and decode_size != "full" and not (decode_size.isdigit() and int(decode_size) > 0):
@@ -173,7 +173,7 @@ def embed(inputs, output, stage_specs, stage_args, batch_size, device, image_ext
         progress=not quiet and sys.stderr.isatty(),
     )
     if executor == "ray":
-        from curator_cli.ray_executor import RayUnavailable, import_ray
+        from curator_cli.execution.ray import RayUnavailable, import_ray
 
         try:
             import_ray()
@@ -183,7 +183,7 @@ def embed(inputs, output, stage_specs, stage_args, batch_size, device, image_ext
     try:
         with _signals_as_exit(), lock:
             if executor == "ray":
-                from curator_cli.ray_executor import run_ray
+                from curator_cli.execution.ray import run_ray
 
                 summary = run_ray(shards, specs, list(stage_args), stages, options, ray_address, num_actors)
             else:
@@ -245,9 +245,9 @@ def inspect(inputs, keys, image_ext, caption_column) -> None:
     Example:
       curator inspect 'shards/{00000..00009}.tar'
     """
-    from curator_cli.inspection import inspect_inputs
-    from curator_cli.readers import ReadOptions
-    from curator_cli.shards import ShardError
+    from curator_cli.cli.inspection import inspect_inputs
+    from curator_cli.io.readers import ReadOptions
+    from curator_cli.io.shards import ShardError
 
     exts = tuple(e.strip().lower() for e in image_ext.split(";") if e.strip())
     try:
@@ -270,7 +270,7 @@ def show(output_dir, rows) -> None:
     Example:
       curator show embeddings/
     """
-    from curator_cli.inspection import describe_output
+    from curator_cli.cli.inspection import describe_output
 
     try:
         text = describe_output(output_dir, rows)
@@ -291,8 +291,8 @@ def stages(name) -> None:
       curator stages
       curator stages torchvision
     """
-    from curator_cli.discovery import find_stage, format_list, format_one, list_stages
-    from curator_cli.stage_loader import StageSpecError
+    from curator_cli.loading.catalog import find_stage, format_list, format_one, list_stages
+    from curator_cli.loading.specs import StageSpecError
 
     if name is None:
         click.echo(format_list(list_stages()))

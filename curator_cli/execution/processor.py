@@ -14,17 +14,17 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from curator_cli.batching import BatchReady, Feeder, FeederCrashed, ShardFinished, ShardOpened
-from curator_cli.decode import DecodeOptions
-from curator_cli.decode_pool import DecodePool, InlineDecoder
-from curator_cli.manifest import SUCCESS_FILE, Manifest, input_identity, read_manifest, stage_identity, write_success
-from curator_cli.pipeline import StageContext, StageFailure, decode_request, run_stages
-from curator_cli.readers import ReadOptions
-from curator_cli.shards import Shard, output_paths
+from curator_cli.execution.feeder import BatchReady, Feeder, FeederCrashed, ShardFinished, ShardOpened
+from curator_cli.decode.pillow import DecodeOptions
+from curator_cli.decode.pool import DecodePool, InlineDecoder
+from curator_cli.io.manifest import SUCCESS_FILE, Manifest, input_identity, read_manifest, stage_identity, write_success
+from curator_cli.execution.stage_runner import StageContext, StageFailure, decode_request, run_stages
+from curator_cli.io.readers import ReadOptions
+from curator_cli.io.shards import Shard, output_paths
 from curator_cli.stages.base import ProcessingStage
-from curator_cli.summary import RunSummary, ShardFailure
-from curator_cli.workers import NodeInfo, WorkerMetadata
-from curator_cli.writer import SCORE_COLUMNS, BackgroundWriter, OutputLayout
+from curator_cli.execution.summary import RunSummary, ShardFailure
+from curator_cli.stages.worker_metadata import NodeInfo, WorkerMetadata
+from curator_cli.io.writer import SCORE_COLUMNS, BackgroundWriter, OutputLayout
 
 log = logging.getLogger("curator")
 
@@ -144,7 +144,7 @@ DECODE_NICE_BESIDE_CPU_STAGES = 19
 
 def make_decoder(options: EmbedOptions, decode: DecodeOptions):
     if options.decode == "gpu":
-        from curator_cli.gpu_decode import GpuDecoder
+        from curator_cli.decode.gpu import GpuDecoder
 
         return GpuDecoder(decode, options.device)
     if options.num_workers <= 0:
@@ -176,7 +176,7 @@ class RunPlan:
 
 def plan_run(shards: list[Shard], stages: list[ProcessingStage], options: EmbedOptions) -> RunPlan:
     """Decide decode settings and which shards are already done; clear what a killed run left."""
-    from curator_cli.decode import DEFAULT_MAX_PIXELS
+    from curator_cli.decode.pillow import DEFAULT_MAX_PIXELS
 
     summary = RunSummary(output_dir=str(options.output_dir), shards_total=len(shards))
     targets = output_paths(shards, options.output_dir)

@@ -9,7 +9,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from curator_cli.readers.base import ByteRange, ReadOptions, Sample, ShardReadError, status_error
+from curator_cli.io.readers.base import ByteRange, ReadOptions, Sample, ShardReadError, status_error
 
 ID_COLUMNS = ("key", "image_id", "id", "uid")
 CAPTION_COLUMNS = ("caption", "text")  # img2dataset's name, then Hugging Face's usual one

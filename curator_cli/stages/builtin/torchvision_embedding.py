@@ -29,7 +29,7 @@ from curator_cli.stages.checkpoints import load_state_dict, looks_like_path
 from curator_cli.stages.preprocess import Preprocess
 from curator_cli.stages.runtime import stage_device, stage_precision
 from curator_cli.tasks import ImageBatch
-from curator_cli.workers import WorkerMetadata
+from curator_cli.stages.worker_metadata import WorkerMetadata
 
 
 def classification_models() -> list[str]:

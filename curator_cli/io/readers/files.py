@@ -7,10 +7,10 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
-from curator_cli.readers.base import ByteRange, ReadOptions, Sample, ShardReadError
-from curator_cli.readers.img2dataset import sidecar_failures
-from curator_cli.readers.tar import sample_from_members, split_member_name
-from curator_cli.shards import is_image_file, sidecar_parquet
+from curator_cli.io.readers.base import ByteRange, ReadOptions, Sample, ShardReadError
+from curator_cli.io.readers.img2dataset import sidecar_failures
+from curator_cli.io.readers.tar import sample_from_members, split_member_name
+from curator_cli.io.shards import is_image_file, sidecar_parquet
 
 
 def iter_files_groups(path: Path) -> Iterator[tuple[str, dict[str, ByteRange]]]:
@@ -36,7 +36,7 @@ def iter_files_groups(path: Path) -> Iterator[tuple[str, dict[str, ByteRange]]]:
 
 
 def read_files_shard(path: Path, options: ReadOptions) -> Iterator[Sample]:
-    """A sample per key, as :func:`~curator_cli.readers.tar.sample_from_members` makes them from a
+    """A sample per key, as :func:`~curator_cli.io.readers.tar.sample_from_members` makes them from a
     tar's members, then the sidecar's failures. The image is read by the decoders."""
     seen: set[str] = set()
     for key, members in iter_files_groups(path):

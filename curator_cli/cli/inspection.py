@@ -10,12 +10,12 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from curator_cli.readers import ReadOptions, ShardReadError, open_shard
-from curator_cli.readers.files import iter_files_groups
-from curator_cli.readers.img2dataset import failed_mask, read_sidecar
-from curator_cli.readers.parquet import ParquetShardReader, resolve_image_file
-from curator_cli.readers.tar import iter_tar_groups
-from curator_cli.shards import Shard, ShardError, scan_inputs, sidecar_parquet
+from curator_cli.io.readers import ReadOptions, ShardReadError, open_shard
+from curator_cli.io.readers.files import iter_files_groups
+from curator_cli.io.readers.img2dataset import failed_mask, read_sidecar
+from curator_cli.io.readers.parquet import ParquetShardReader, resolve_image_file
+from curator_cli.io.readers.tar import iter_tar_groups
+from curator_cli.io.shards import Shard, ShardError, scan_inputs, sidecar_parquet
 
 
 @dataclass

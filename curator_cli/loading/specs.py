@@ -27,10 +27,10 @@ ENTRY_POINT_GROUP = "curator.stages"
 # Built-in stages by short name. Known here rather than as this package's own entry points, so that
 # they resolve in a source checkout run without installing (PYTHONPATH=.) too.
 BUILT_IN_STAGES = {
-    "perceptual": "curator_cli.stages.perceptual:PerceptualEmbeddingStage",
-    "torchvision": "curator_cli.stages.torchvision_embedding:TorchvisionEmbeddingStage",
-    "clip": "curator_cli.stages.clip_embedding:ClipEmbeddingStage",
-    "linear-head": "curator_cli.stages.linear_head:LinearHeadScoreStage",
+    "perceptual": "curator_cli.stages.builtin.perceptual:PerceptualEmbeddingStage",
+    "torchvision": "curator_cli.stages.builtin.torchvision_embedding:TorchvisionEmbeddingStage",
+    "clip": "curator_cli.stages.builtin.clip_embedding:ClipEmbeddingStage",
+    "linear-head": "curator_cli.stages.builtin.linear_head:LinearHeadScoreStage",
 }
 
 

@@ -2,7 +2,7 @@
 
 The driver keeps everything the local executor does around the pipeline (the lock, resume plan,
 manifests, ``_SUCCESS``, exit codes, the summary and one progress bar); each actor loads the stages
-from their specs, sets them up once, and runs :class:`~curator_cli.runner.ShardProcessor` on the
+from their specs, sets them up once, and runs :class:`~curator_cli.execution.processor.ShardProcessor` on the
 shards it is handed. A shard whose actor dies is retried on a fresh actor, a bounded number of times.
 """
 
@@ -16,7 +16,7 @@ from collections import deque
 from pathlib import Path
 from typing import Any
 
-from curator_cli.runner import (
+from curator_cli.execution.processor import (
     EmbedOptions,
     ShardOutcome,
     ShardProcessor,
@@ -27,11 +27,11 @@ from curator_cli.runner import (
     finish_run,
     plan_run,
 )
-from curator_cli.shards import Shard
+from curator_cli.io.shards import Shard
 from curator_cli.stages.base import ProcessingStage
 from curator_cli.stages.resources import Resources
-from curator_cli.summary import RunSummary
-from curator_cli.workers import WorkerMetadata
+from curator_cli.execution.summary import RunSummary
+from curator_cli.stages.worker_metadata import WorkerMetadata
 
 MAX_ATTEMPTS = 3  # a shard whose actor dies this many times is reported failed
 
@@ -78,7 +78,7 @@ class EmbedActor:
         import ray
 
         from curator_cli.devices import set_active_device
-        from curator_cli.stage_loader import load_stages
+        from curator_cli.loading.specs import load_stages
 
         device = "cuda" if ray.get_gpu_ids() else "cpu"  # Ray sets CUDA_VISIBLE_DEVICES for the actor
         set_active_device(device)
