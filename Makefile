@@ -3,9 +3,9 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-# torch/torchvision: these versions exist in this machine's local wheel store; elsewhere pip downloads them.
+# torch/torchvision: pinned here for a reproducible venv; `pip install .` elsewhere keeps the torch you have.
 TORCH_PINS ?= torch==2.14.1 torchvision==0.29.1
-# A second environment for tests/test_output_readers.py: what autofaiss users end up with (its numpy<2
+# A second environment for tests/io/test_output_readers.py: what autofaiss users end up with (its numpy<2
 # pin leads pip to pyarrow 25, which cannot read null fixed-size lists), plus embedding-reader and datasets.
 # Inside $(VENV), so git ignores it and `rm -rf .venv` removes it. About 30 s and 400 MB.
 READERS_VENV ?= $(VENV)/readers

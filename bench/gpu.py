@@ -51,7 +51,7 @@ def stage_alone(model: str, device: str, batch: int, passes: int = 5) -> dict[st
     them (pinned CPU memory for CPU decode, device memory for ``--decode gpu``); median images/s."""
     import torch
 
-    from curator_cli.execution.stage_runner import default_precision
+    from curator_cli.stages.runtime import default_precision
     from curator_cli.stages.builtin.torchvision_embedding import TorchvisionEmbeddingStage
     from curator_cli.tasks import ImageBatch, ImageObject
     from curator_cli.stages.worker_metadata import WorkerMetadata

@@ -18,5 +18,5 @@ export PYTHONUNBUFFERED=1
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 python3 -m pip install --quiet --no-deps --no-build-isolation --no-index -e . >"$OUT/install.log" 2>&1 \
   || echo "pip install failed (see install.log); going on from the source tree" | tee -a "$OUT/device.txt"
-timeout 200 python3 -m pytest -q -p no:cacheprovider -o addopts="" tests/test_cuda.py tests/test_pipeline.py 2>&1 | tee "$OUT/tests.log"
+timeout 200 python3 -m pytest -q -p no:cacheprovider -o addopts="" tests/execution/test_cuda.py tests/execution/test_pipeline.py tests/decode/test_decoders.py 2>&1 | tee "$OUT/tests.log"
 timeout 300 python3 bench/gpu.py --json "$OUT/gpu.json" 2>&1 | tee "$OUT/bench.log"

@@ -250,11 +250,13 @@ def machine() -> dict[str, Any]:
                                 capture_output=True, text=True).stdout.strip())
     where = subprocess.run([sys.executable, "-c", "import curator_cli; print(curator_cli.__file__)"], cwd=BENCH_DIR,
                            capture_output=True, text=True).stdout.strip()
-    from curator_cli.execution.stage_runner import default_precision
+    from curator_cli.stages.runtime import default_precision
 
     return {"cpu": cpu, "cpu_count": os.cpu_count(), "python": platform.python_version(), "torch": torch.__version__,
             "curator_precision": default_precision("cpu"),
-            "curator_cli": str(Path(where).parent) if where else None,
+            # whether the bench measured this checkout, without recording the machine's paths
+            "curator_cli": ("this checkout" if where and Path(where).resolve().parent == (ROOT / "curator_cli").resolve()
+                            else "another install" if where else None),
             "ray": ray_version, "platform": platform.platform(), "commit": commit + ("+dirty curator_cli" if dirty else ""),
             "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}
 

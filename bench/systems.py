@@ -178,7 +178,7 @@ def run_model(stage_name: str, paths: list[str], limit: int, passes: int = 3,
     Everything is warmed up on every batch shape first (oneDNN picks kernels per shape).
     ``tensors_only``: time ``process_tensors`` alone (a second measurement after the curator run).
     """
-    from curator_cli.execution.stage_runner import default_precision
+    from curator_cli.stages.runtime import default_precision
 
     import torch
 

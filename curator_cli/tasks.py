@@ -69,3 +69,10 @@ class ImageBatch(Task[list[ImageObject]]):
     @property
     def num_items(self) -> int:
         return len(self.data)
+
+
+def to_vector(value: Any) -> np.ndarray:
+    """A stage's embedding (numpy array, torch tensor or sequence) as a 1-D float32 numpy array."""
+    if hasattr(value, "detach"):  # torch.Tensor, on any device and dtype
+        value = value.detach().float().cpu().numpy()
+    return np.asarray(value, dtype=np.float32).reshape(-1)

@@ -1,10 +1,15 @@
-"""Shared helpers: real tar and parquet shards written to tmp dirs, and a CLI runner."""
+"""Shared helpers: real tar and parquet shards written to tmp dirs, a CLI runner, the test stages
+(``stages_for_tests.py``) named as ``--stage`` takes them, and what several test folders check with."""
 
 from __future__ import annotations
 
 import importlib.util
 import io
 import json
+import os
+import signal
+import subprocess
+import sys
 import tarfile
 from pathlib import Path
 
@@ -23,6 +28,13 @@ sample_data = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(sample_data)
 
 synthetic_photo = sample_data.synthetic_photo
+
+TEST_STAGES = Path(__file__).resolve().parent / "stages_for_tests.py"
+
+
+def stage_spec(class_name: str) -> str:
+    """``--stage`` for a stage of ``tests/stages_for_tests.py``, named by file path as a user's own file is."""
+    return f"{TEST_STAGES}:{class_name}"
 
 
 def encode(image: Image.Image, fmt: str = "JPEG", **kwargs) -> bytes:
@@ -83,3 +95,37 @@ def read_output(path: Path) -> pa.Table:
 def unit_norms(table: pa.Table) -> np.ndarray:
     vectors = np.array([v for v in table.column("embedding").to_pylist() if v is not None], dtype=np.float32)
     return np.linalg.norm(vectors, axis=1)
+
+
+def embeddings(table) -> np.ndarray:
+    return np.array(table.column("embedding").to_pylist(), dtype=np.float32)
+
+
+def decoded_images(shard) -> list[np.ndarray]:
+    with tarfile.open(shard) as archive:
+        return [np.array(Image.open(io.BytesIO(archive.extractfile(m).read())).convert("RGB"))
+                for m in archive.getmembers() if m.name.endswith(".jpg")]
+
+
+def assert_same_vectors(ours: np.ndarray, reference: np.ndarray) -> None:
+    """Each row of ``ours`` is much closer to its own reference row than the rows are to each other."""
+    errors = np.linalg.norm(ours - reference, axis=1)
+    spread = min(np.linalg.norm(reference[i] - reference[j])
+                 for i in range(len(reference)) for j in range(len(reference)) if i != j)
+    assert errors.max() < 0.1 * spread, (errors, spread)
+
+
+WATCHDOG_S = 60
+
+
+def run_with_watchdog(*args: str) -> subprocess.CompletedProcess:
+    """``curator embed ...`` in its own process group, killed whole if it outlives the watchdog."""
+    process = subprocess.Popen([sys.executable, "-m", "curator_cli.cli", *args], stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        out, err = process.communicate(timeout=WATCHDOG_S)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.communicate()
+        pytest.fail(f"curator embed {' '.join(args)} hung for {WATCHDOG_S} s (decode transport deadlock)")
+    return subprocess.CompletedProcess(process.args, process.returncode, out, err)

@@ -10,12 +10,15 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from curator_cli.io.commit import is_hidden
+from curator_cli.io.manifest import SUCCESS_FILE
 from curator_cli.io.readers import ReadOptions, ShardReadError, open_shard
 from curator_cli.io.readers.files import iter_files_groups
 from curator_cli.io.readers.img2dataset import failed_mask, read_sidecar
 from curator_cli.io.readers.parquet import ParquetShardReader, resolve_image_file
 from curator_cli.io.readers.tar import iter_tar_groups
 from curator_cli.io.shards import Shard, ShardError, scan_inputs, sidecar_parquet
+from curator_cli.io.writer import error_kind
 
 
 @dataclass
@@ -104,7 +107,7 @@ def _describe_groups(info: ShardInfo, groups: Iterator[tuple[str, dict]], keys: 
     if rows is None:
         info.details.append(f"sidecar {sidecar.name}: unreadable or without key/status columns, not used")
         return
-    info.samples += len({str(row["key"]) for row in rows.failed} - seen)  # as embed writes them
+    info.samples += sum(1 for _ in rows.unfetched(seen))  # as embed writes them
     info.details.append(f"sidecar {sidecar.name}: {rows.rows} row(s), {_status_text(rows.statuses())}")
 
 
@@ -180,7 +183,7 @@ def output_files(output_dir: Path) -> list[Path]:
     """The finished parquet files of an output directory (temporary and hidden files skipped)."""
     return sorted(
         p for p in output_dir.rglob("*.parquet")
-        if not any(part.startswith((".", "_")) for part in p.relative_to(output_dir).parts)
+        if not any(is_hidden(part) for part in p.relative_to(output_dir).parts)
     )
 
 
@@ -201,7 +204,7 @@ def describe_output(output_dir: Path, rows: int) -> str:
         for error in table.column("error").to_pylist():
             if error:
                 failed += 1
-                errors[error.split(":")[0].split("(")[0].strip()] += 1
+                errors[error_kind(error)] += 1
         if len(sample_rows) < rows:
             columns = [c for c in ("image_id", "caption", "error") if c in table.column_names]
             for record in table.select(columns + ["embedding"]).slice(0, rows - len(sample_rows)).to_pylist():
@@ -214,7 +217,7 @@ def describe_output(output_dir: Path, rows: int) -> str:
         f"rows not embedded (error set, zero vector): {failed}",
         "errors by kind: " + (", ".join(f"{k} ({n})" for k, n in errors.most_common()) or "none"),
     ]
-    if (output_dir / "_SUCCESS").exists():
+    if (output_dir / SUCCESS_FILE).exists():
         lines.append("complete: _SUCCESS present")
     for record in sample_rows:
         lines.append("  " + "  ".join(f"{k}={v}" for k, v in record.items()))

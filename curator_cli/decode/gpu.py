@@ -12,14 +12,15 @@ from __future__ import annotations
 import contextlib
 import io
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from PIL import Image
 
 from curator_cli.decode.pillow import DecodeOptions
-from curator_cli.decode.pool import DecodeJob, Decoder, decode_one
+from curator_cli.decode.jobs import DecodeJob, Decoder, decode_one
 from curator_cli.io.readers.base import ByteRange, payload_bytes
+from curator_cli.stages.preprocess import stacked_by_shape
 
 JPEG_MAGIC = b"\xff\xd8\xff"
 RESIZE_GROUP = 32  # decoded images of one shape resized per call (bounds the extra GPU memory)
@@ -48,23 +49,39 @@ def _jpeg_header(data: bytes) -> tuple[int, int, int] | None:
         return None
 
 
-class GpuDecoder(Decoder):
-    """Decodes each submitted chunk as one nvJPEG batch on ``device``."""
+def own_cuda_stream(device: Any) -> Callable[[], contextlib.AbstractContextManager[None]]:
+    """A CUDA stream of the decoder's own on ``device``, as a context to work in: the work queued in
+    it is complete when the context ends (the pixels are whole before anyone else reads them)."""
+    import torch
 
-    def __init__(self, options: DecodeOptions, device: str) -> None:
+    stream = torch.cuda.Stream(device=device)
+
+    @contextlib.contextmanager
+    def on_stream() -> Iterator[None]:
+        with torch.cuda.stream(stream):
+            yield
+        stream.synchronize()
+
+    return on_stream
+
+
+class GpuDecoder(Decoder):
+    """Decodes each submitted chunk as one nvJPEG batch on ``device``.
+
+    ``device`` is where ``torchvision.io.decode_jpeg`` decodes and the images are resized, and
+    ``stream`` the context that work runs in; by default a CUDA device, checked here, and a stream
+    of the decoder's own (:func:`own_cuda_stream`).
+    """
+
+    def __init__(self, options: DecodeOptions, device: str = "cuda",
+                 stream: Callable[[], contextlib.AbstractContextManager[Any]] | None = None) -> None:
         import torch
 
-        if not device.startswith("cuda") or not torch.cuda.is_available():
+        if stream is None and (not device.startswith("cuda") or not torch.cuda.is_available()):
             raise GpuDecodeUnavailable("--decode gpu needs a CUDA device (use --decode cpu on this machine)")
         self.options = options
         self.device = torch.device(device)
-        self._stream = torch.cuda.Stream(device=self.device)
-
-    def _on_own_stream(self):
-        """Work on the decoder's own CUDA stream (nothing to switch on the CPU)."""
-        import torch
-
-        return torch.cuda.stream(self._stream) if self.device.type == "cuda" else contextlib.nullcontext()
+        self._stream = stream or own_cuda_stream(self.device)
 
     def _resize(self, batch: Any) -> Any:
         """(N, 3, H, W) uint8 on the GPU -> shorter side ``min_side``, or with ``crop`` exactly the
@@ -95,22 +112,14 @@ class GpuDecoder(Decoder):
     def _finish(self, decoded: list[Any]) -> list[Any]:
         """Resize decoded images, those of one shape together (one interpolate call per group, not per
         image); exact squares stay on the GPU for the tensor fast path, the rest become H x W x 3 numpy."""
-        import torch
-
         if not self.options.min_side:  # full size: nothing to resize, nothing to stack
             return [None if image is None else image.permute(1, 2, 0).cpu().numpy() for image in decoded]
         out: list[Any] = [None] * len(decoded)
-        groups: dict[tuple[int, ...], list[int]] = {}
-        for k, image in enumerate(decoded):
-            if image is not None:
-                groups.setdefault(tuple(image.shape), []).append(k)
-        for members in groups.values():
-            for start in range(0, len(members), RESIZE_GROUP):
-                part = members[start:start + RESIZE_GROUP]
-                batch = self._resize(torch.stack([decoded[k] for k in part]))
-                square = self.options.crop and batch.shape[2] == batch.shape[3] == self.options.min_side
-                for k, image in zip(part, batch.permute(0, 2, 3, 1)):
-                    out[k] = image if square else image.cpu().numpy()
+        for part, stacked in stacked_by_shape(decoded, limit=RESIZE_GROUP):
+            batch = self._resize(stacked)
+            square = self.options.crop and batch.shape[2] == batch.shape[3] == self.options.min_side
+            for k, image in zip(part, batch.permute(0, 2, 3, 1)):
+                out[k] = image if square else image.cpu().numpy()
         return out
 
     def submit(self, payloads: Sequence[bytes | ByteRange | None]) -> DecodeJob:
@@ -126,7 +135,7 @@ class GpuDecoder(Decoder):
                 job.results[i] = f"too many pixels ({width}x{height} > --max-pixels {self.options.max_pixels})"
             else:
                 on_gpu.append(i)
-        with self._on_own_stream():
+        with self._stream():  # decoding and resizing: complete when it ends
             self._decode_on_device(job, on_gpu)
         for i, data in enumerate(job.payloads):
             if job.results[i] is None:
@@ -156,5 +165,3 @@ class GpuDecoder(Decoder):
         for i, image in zip(on_gpu, self._finish(decoded)):
             if image is not None:
                 job.results[i] = image
-        if self.device.type == "cuda":
-            self._stream.synchronize()  # the pixels are complete before anyone else reads them

@@ -4,22 +4,11 @@ from __future__ import annotations
 
 import io
 import warnings
-from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-DEFAULT_MAX_PIXELS = Image.MAX_IMAGE_PIXELS or 89_478_485
-
-
-@dataclass(frozen=True)
-class DecodeOptions:
-    """How to decode: pixel limit, the smallest shorter side the stages need (None: full size),
-    and whether to return exact ``min_side`` squares (the tensor fast path)."""
-
-    max_pixels: int = DEFAULT_MAX_PIXELS
-    min_side: int | None = None
-    crop: bool = False
+from curator_cli.options import DEFAULT_MAX_PIXELS, DecodeOptions
 
 
 class DecodeError(Exception):

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import glob
 import itertools
-import mmap
 import multiprocessing
 import os
 import queue
@@ -36,64 +35,19 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from curator_cli.decode.pillow import DecodeError, DecodeOptions, decode_with
+from curator_cli.decode.jobs import DecodeFailure, DecodeJob, Decoder, decode_one
+from curator_cli.decode.transport import (
+    JOBS_PER_WORKER,
+    SlotReader,
+    SlotWriter,
+    remove_orphaned_shared_memory,
+    shared_memory_usable,
+    shm_prefix,
+)
 from curator_cli.io.readers.base import ByteRange
-
-
-class DecodeJob:
-    """Encoded images submitted together; :meth:`wait` returns one array or reason string per image."""
-
-    def __init__(self, payloads: Sequence[bytes | ByteRange | None]) -> None:
-        self.payloads = list(payloads)
-        self.results: list[Any] = [None] * len(self.payloads)
-        self.decode_seconds = 0.0
-        self.error: BaseException | None = None
-        self._done = threading.Event()
-        if not self.payloads:
-            self._done.set()
-
-    def wait(self) -> list[Any]:
-        self._done.wait()
-        if self.error is not None:
-            raise RuntimeError(f"decoding failed: {self.error}") from self.error
-        self.payloads = []
-        return self.results
-
-    def _finish(self) -> None:
-        self._done.set()
-
-
-def decode_one(data: bytes | ByteRange | None, options: DecodeOptions) -> Any:
-    """Read (if the reader deferred it) and decode one image; a failure gives its reason as a string."""
-    if data is None:
-        return "no image data"
-    if isinstance(data, ByteRange):
-        try:
-            data = data.read()
-        except OSError as exc:
-            return f"unreadable: {exc.strerror or exc}"
-    try:
-        return decode_with(data, options)
-    except DecodeError as exc:
-        return str(exc)
-    except Exception as exc:  # a decoder bug must cost one image, not the run
-        return f"cannot decode: {type(exc).__name__}: {exc}"
-
+from curator_cli.options import DecodeOptions
 
 READY = "ready"
-JOBS_PER_WORKER = 2
-SHM_DIR = "/dev/shm"
-SHM_MIN_FREE = 2 << 30  # below this much free shared memory, pixels go through the pipe instead
-SHM_MIN_BYTES = 256 << 10  # smaller images are cheaper to pickle through the pipe than to map
-
-
-def shared_memory_usable() -> bool:
-    """True on Linux with a roomy /dev/shm (container defaults of 64 MB are not)."""
-    try:
-        st = os.statvfs(SHM_DIR)
-    except OSError:
-        return False
-    return st.f_bavail * st.f_frsize >= SHM_MIN_FREE
 
 
 def cpu_wait_seconds(pid: int) -> float | None:
@@ -104,93 +58,6 @@ def cpu_wait_seconds(pid: int) -> float | None:
             return int(handle.read().split()[1]) / 1e9
     except (OSError, ValueError, IndexError):
         return None
-
-
-def _shm_prefix(parent_pid: int) -> str:
-    return os.path.join(SHM_DIR, f"curator-{parent_pid}-")
-
-
-def remove_orphaned_shared_memory() -> None:
-    """Delete pixel files left in /dev/shm by runs that were killed (their parent pid is gone)."""
-    for path in glob.glob(os.path.join(SHM_DIR, "curator-*-*")):
-        try:
-            parent = int(os.path.basename(path).split("-")[1])
-            os.kill(parent, 0)
-        except ProcessLookupError:
-            try:
-                os.unlink(path)
-            except OSError:
-                pass
-        except (ValueError, IndexError, PermissionError):
-            continue
-
-
-class SlotWriter:
-    """A worker's side of the pixel hand-over: reusable shared-memory buffers, one per (job parity,
-    position in job). A buffer is reused two jobs later, by when the parent has copied it out (it
-    copies a job's pixels before it sends that worker another job), so there is no file creation,
-    zeroing or page faulting per image."""
-
-    def __init__(self, prefix: str | None) -> None:
-        self.prefix = prefix
-        self._maps: dict[str, tuple[mmap.mmap, int]] = {}
-
-    def ship(self, array: np.ndarray, slot: str) -> Any:
-        """``("slot", name, shape)`` once the pixels are in shared memory, else the array itself."""
-        if self.prefix is None or array.nbytes < SHM_MIN_BYTES:
-            return array
-        name = f"{self.prefix}{os.getpid()}-{slot}"
-        view, size = self._maps.get(name, (None, 0))
-        if size < array.nbytes:
-            size = max(array.nbytes, 2 * size)
-            fd = os.open(name, os.O_CREAT | os.O_RDWR, 0o600)
-            try:
-                os.posix_fallocate(fd, 0, size)  # ENOSPC here, rather than SIGBUS on write
-                if view is not None:
-                    view.close()
-                view = mmap.mmap(fd, size)
-            except OSError:
-                self._maps.pop(name, None)
-                return array
-            finally:
-                os.close(fd)
-            self._maps[name] = (view, size)
-        np.frombuffer(view, dtype=np.uint8, count=array.nbytes).reshape(array.shape)[...] = array
-        return ("slot", name, array.shape)
-
-
-class SlotReader:
-    """The parent's side: maps each worker buffer once and copies the pixels out of it."""
-
-    def __init__(self) -> None:
-        self._maps: dict[str, mmap.mmap] = {}
-
-    def receive(self, value: Any) -> Any:
-        if not (isinstance(value, tuple) and value and value[0] == "slot"):
-            return value
-        _, name, shape = value
-        count = int(np.prod(shape))
-        view = self._maps.get(name)
-        if view is None or len(view) < count:
-            fd = os.open(name, os.O_RDONLY)
-            try:
-                if view is not None:
-                    view.close()
-                view = mmap.mmap(fd, os.fstat(fd).st_size, prot=mmap.PROT_READ)
-            finally:
-                os.close(fd)
-            self._maps[name] = view
-        return np.frombuffer(view, dtype=np.uint8, count=count).reshape(shape).copy()
-
-    def close(self) -> None:
-        """Unmap and delete the buffers (the worker is gone or going)."""
-        for name, view in self._maps.items():
-            view.close()
-            try:
-                os.unlink(name)
-            except OSError:
-                pass
-        self._maps.clear()
 
 
 def _worker_main(conn: Connection, current: Any, progress: Any, options: DecodeOptions,
@@ -229,24 +96,6 @@ def _worker_main(conn: Connection, current: Any, progress: Any, options: DecodeO
                 value = slots.ship(value, f"{parity}-{position}")
             values.append(value)
         conn.send((key, values, time.perf_counter() - t0))
-
-
-class Decoder:
-    """What the feeder needs of a decoder: ``submit`` a list of encoded images, get a :class:`DecodeJob`."""
-
-    replaced_workers = 0
-
-    def submit(self, payloads: Sequence[bytes | ByteRange | None]) -> DecodeJob:
-        raise NotImplementedError
-
-    def close(self) -> None:
-        pass
-
-    def __enter__(self) -> Decoder:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
 
 _CLOSE = object()  # tells a worker's sender thread to stop
@@ -325,7 +174,7 @@ class DecodePool(Decoder):
         self.timeout_s = timeout_s
         self.nice = nice
         self._ctx = multiprocessing.get_context(start_method)
-        self._shm_prefix = _shm_prefix(os.getpid()) if shared_memory_usable() else None
+        self._shm_prefix = shm_prefix(os.getpid()) if shared_memory_usable() else None
         if self._shm_prefix:
             remove_orphaned_shared_memory()
         self._workers = [_Worker(self._ctx, options, self._shm_prefix, nice) for _ in range(workers)]
@@ -420,7 +269,7 @@ class DecodePool(Decoder):
             try:
                 job.results[index] = worker.slots.receive(value)
             except OSError as exc:
-                job.results[index] = f"cannot receive decoded pixels: {exc}"
+                job.results[index] = DecodeFailure(f"cannot receive decoded pixels: {exc}")
         job.decode_seconds += seconds
         self._finish_if_done(job)
 
@@ -455,7 +304,7 @@ class DecodePool(Decoder):
         for job, key, indices in entries:
             rest = list(indices)
             if key == current and 0 <= position < len(indices):
-                job.results[indices[position]] = reason
+                job.results[indices[position]] = DecodeFailure(reason)
                 del rest[position]
             if rest:
                 requeue.append((job, key, rest))
@@ -483,18 +332,3 @@ class DecodePool(Decoder):
                     pass
 
 
-class InlineDecoder(Decoder):
-    """``--num-workers 0``: decode in the calling thread (no timeout protection)."""
-
-    def __init__(self, options: DecodeOptions) -> None:
-        self.options = options
-        Image.MAX_IMAGE_PIXELS = options.max_pixels
-
-    def submit(self, payloads: Sequence[bytes | ByteRange | None]) -> DecodeJob:
-        job = DecodeJob(payloads)
-        for i, data in enumerate(job.payloads):
-            t0 = time.perf_counter()
-            job.results[i] = decode_one(data, self.options)
-            job.decode_seconds += time.perf_counter() - t0
-        job._finish()
-        return job

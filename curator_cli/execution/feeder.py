@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from curator_cli.decode.pool import DecodeJob
+from curator_cli.decode.jobs import DecodeFailure, DecodeJob
 from curator_cli.io.readers import ReadOptions, Sample, ShardReadError, open_shard
 from curator_cli.io.shards import Shard
 
@@ -53,7 +53,7 @@ class BatchReady:
         seconds = 0.0
         for positions, job in self.jobs:
             for position, result in zip(positions, job.wait()):
-                if isinstance(result, str):
+                if isinstance(result, DecodeFailure):
                     self.samples[position].error = result
                 else:
                     images[position] = result

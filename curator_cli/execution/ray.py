@@ -16,21 +16,16 @@ from collections import deque
 from pathlib import Path
 from typing import Any
 
-from curator_cli.execution.processor import (
-    EmbedOptions,
-    ShardOutcome,
-    ShardProcessor,
-    StageSetupError,
-    _progress_bar,
-    _report_failure,
-    clean_stale_temporaries,
-    finish_run,
-    plan_run,
-)
+from curator_cli.execution.plan import RunPlan, ShardOutcome, finish_run
+from curator_cli.execution.processor import ShardProcessor, StageSetupError
+from curator_cli.execution.progress import progress_bar, report_failure
+from curator_cli.execution.stats import WorkerStats
+from curator_cli.execution.summary import RunSummary
+from curator_cli.io.commit import clean_stale_temporaries
 from curator_cli.io.shards import Shard
+from curator_cli.options import DecodeOptions, EmbedOptions
 from curator_cli.stages.base import ProcessingStage
 from curator_cli.stages.resources import Resources
-from curator_cli.execution.summary import RunSummary
 from curator_cli.stages.worker_metadata import WorkerMetadata
 
 MAX_ATTEMPTS = 3  # a shard whose actor dies this many times is reported failed
@@ -73,11 +68,11 @@ def actor_count(need: Resources, cluster: dict[str, float], shards: int, cap: in
 class EmbedActor:
     """Body of a Ray actor: the stages, loaded from their specs in the actor's process, and a ShardProcessor."""
 
-    def __init__(self, stage_specs: list[str], stage_args: list[str], options: EmbedOptions, plan_decode: Any,
-                 config: dict, index: int, cpus: float) -> None:
+    def __init__(self, stage_specs: list[str], stage_args: list[str], options: EmbedOptions,
+                 plan_decode: DecodeOptions, config: dict, index: int, cpus: float) -> None:
         import ray
 
-        from curator_cli.devices import set_active_device
+        from curator_cli.stages.runtime import set_active_device
         from curator_cli.loading.specs import load_stages
 
         device = "cuda" if ray.get_gpu_ids() else "cpu"  # Ray sets CUDA_VISIBLE_DEVICES for the actor
@@ -106,9 +101,9 @@ class EmbedActor:
         self._setup_seconds = self.processor.stats.seconds_setup
         return None
 
-    def process(self, shard_path: str, shard_format: str, target: str) -> tuple[ShardOutcome, RunSummary, float]:
+    def process(self, shard_path: str, shard_format: str, target: str) -> tuple[ShardOutcome, WorkerStats, float]:
         shard = Shard(Path(shard_path), shard_format)
-        self.processor.stats = RunSummary(output_dir=str(self.options.output_dir), seconds_setup=self._setup_seconds)
+        self.processor.stats = WorkerStats(seconds_setup=self._setup_seconds)
         self._setup_seconds = 0.0
         t0 = time.perf_counter()
         outcomes = self.processor.run([shard], {shard: Path(target)})
@@ -134,24 +129,24 @@ def _connect(ray: Any, address: str | None, cpus: int | None) -> bool:
     return True
 
 
-def run_ray(shards: list[Shard], stage_specs: list[str], stage_args: list[str], stages: list[ProcessingStage],
-            options: EmbedOptions, address: str | None = None, num_actors: int | None = None) -> RunSummary:
-    """Embed every shard not already done with a pool of Ray actors; same outputs as :func:`run_local`."""
+def run_ray(plan: RunPlan) -> RunSummary:
+    """Embed every shard not already done with a pool of Ray actors; same outputs as the local executor.
+    Each actor rebuilds the stages from ``plan.stage_specs`` and ``plan.stage_args``."""
     ray = import_ray()
-    started = time.perf_counter()
-    plan = plan_run(shards, stages, options)
+    options = plan.options
     if not plan.todo:
-        return finish_run(plan, {}, started)
-    connected = _connect(ray, address, os.cpu_count())
+        return finish_run(plan, {})
+    connected = _connect(ray, options.ray_address, os.cpu_count())
     actors: list[Any] = []
     try:
-        need = actor_resources(stages)
-        count, gpus = actor_count(need, ray.cluster_resources(), len(plan.todo), num_actors)
+        need = actor_resources(plan.stages)
+        count, gpus = actor_count(need, ray.cluster_resources(), len(plan.todo), options.num_actors)
         remote = ray.remote(EmbedActor).options(num_cpus=need.cpus, num_gpus=gpus, max_restarts=0,
                                                 max_concurrency=1)
 
         def start_actor(index: int, node_ready: set[str]) -> Any:
-            actor = remote.remote(stage_specs, stage_args, options, plan.decode, plan.config, index, need.cpus)
+            actor = remote.remote(plan.stage_specs, plan.stage_args, options, plan.decode, plan.config, index,
+                                  need.cpus)
             node = ray.get(actor.node_id.remote())
             error = ray.get(actor.setup.remote(node not in node_ready))
             if error:
@@ -172,7 +167,7 @@ def run_ray(shards: list[Shard], stage_specs: list[str], stage_args: list[str], 
             ray.shutdown()
     clean_stale_temporaries(options.output_dir)  # temporaries of actors that died mid-shard
     plan.summary.workers = per_actor
-    return finish_run(plan, outcomes, started)
+    return finish_run(plan, outcomes)
 
 
 def _actor_record(number: int) -> dict[str, Any]:
@@ -180,7 +175,7 @@ def _actor_record(number: int) -> dict[str, Any]:
     return {"actor": number, "shards": 0, "images": 0, "seconds": 0.0}
 
 
-def _schedule(ray: Any, plan: Any, actors: list[Any], replace, options: EmbedOptions):
+def _schedule(ray: Any, plan: RunPlan, actors: list[Any], replace, options: EmbedOptions):
     """Hand shards to idle actors until all are done; retry a shard whose actor died on a new actor."""
     from ray.exceptions import RayActorError, RayTaskError
 
@@ -191,7 +186,7 @@ def _schedule(ray: Any, plan: Any, actors: list[Any], replace, options: EmbedOpt
     idle = list(range(len(actors)))
     per_actor = [_actor_record(i) for i in range(len(actors))]
     record_of_slot = list(range(len(actors)))  # a replacement actor gets a record of its own
-    bar = _progress_bar(options.progress, len(plan.todo))
+    bar = progress_bar(options.progress, len(plan.todo))
     stop = False
     try:
         while (queue and not stop) or in_flight:
@@ -211,7 +206,7 @@ def _schedule(ray: Any, plan: Any, actors: list[Any], replace, options: EmbedOpt
                     else:
                         outcomes[shard.name] = ShardOutcome(
                             error=f"failed on {MAX_ATTEMPTS} actors; last: {type(exc).__name__}")
-                        _report_failure(bar, shard.name, outcomes[shard.name].error)
+                        report_failure(bar, shard.name, outcomes[shard.name].error)
                     record_of_slot[slot] = len(per_actor)
                     per_actor.append(_actor_record(len(per_actor)))
                     actors[slot] = replace(record_of_slot[slot])
@@ -228,7 +223,7 @@ def _schedule(ray: Any, plan: Any, actors: list[Any], replace, options: EmbedOpt
                 record["images"] += outcome.rows
                 record["seconds"] += seconds
                 if outcome.error:
-                    _report_failure(bar, shard.name, outcome.error)
+                    report_failure(bar, shard.name, outcome.error)
                     stop = stop or options.on_error == "fail"
                 bar.update(outcome.rows)
                 bar.set_postfix_str(f"shards {len(outcomes)}/{len(plan.todo)}")

@@ -7,9 +7,7 @@ needed), ``process_tensors`` (one uint8 tensor batch instead of a list of arrays
 
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -17,7 +15,8 @@ from PIL import Image
 from curator_cli.execution.feeder import DecodedBatch
 from curator_cli.decode.pillow import square_crop
 from curator_cli.stages.base import ProcessingStage, apply_to_tasks
-from curator_cli.tasks import ImageBatch, ImageObject
+from curator_cli.stages.runtime import precision_context
+from curator_cli.tasks import ImageBatch, ImageObject, to_vector
 from curator_cli.io.writer import OutputLayout, OutputRow
 
 
@@ -95,32 +94,17 @@ def pixel_tensor(images: list[np.ndarray], size: int, device: str):
     return batch
 
 
-def default_precision(device: str) -> str:
-    """bf16 on CUDA; on the CPU bf16 only where it has native bf16 instructions, else fp32."""
-    if device.startswith("cuda"):
-        return "bf16"
-    try:
-        with open("/proc/cpuinfo") as handle:
-            flags = handle.read()
-        return "bf16" if ("avx512_bf16" in flags or "amx_bf16" in flags) else "fp32"
-    except OSError:
-        return "fp32"
-
-
 # --------------------------------------------------------------------------- running
 
 
-def _autocast(stage: ProcessingStage, context: StageContext):
-    if context.precision == "fp32" or not getattr(stage, "use_autocast", False):
-        return contextlib.nullcontext()
-    import torch
-
-    dtype = torch.bfloat16 if context.precision == "bf16" else torch.float16
-    return torch.autocast(device_type="cuda" if context.device.startswith("cuda") else "cpu", dtype=dtype)
+def _precision(stage: ProcessingStage, context: StageContext):
+    """The run's precision around a stage that opts in with ``use_autocast`` (others apply it themselves)."""
+    precision = context.precision if getattr(stage, "use_autocast", False) else "fp32"
+    return precision_context(context.device, precision)
 
 
 def _call_stage(stage: ProcessingStage, tasks: list[ImageBatch], context: StageContext) -> list[ImageBatch]:
-    with _autocast(stage, context):
+    with _precision(stage, context):
         if not (context.squares and uses_tensors(stage)):
             return stage.process_batch(tasks)
         size = int(stage.decode_size)  # squares are cut only for stages that declare it
@@ -209,13 +193,6 @@ def _release_cuda_memory() -> None:
 
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
-
-
-def to_vector(value: Any) -> np.ndarray:
-    """A stage's embedding (numpy array, torch tensor or sequence) as a 1-D float32 numpy array."""
-    if hasattr(value, "detach"):  # torch.Tensor, on any device and dtype
-        value = value.detach().float().cpu().numpy()
-    return np.asarray(value, dtype=np.float32).reshape(-1)
 
 
 def run_stages(

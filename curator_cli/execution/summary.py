@@ -6,6 +6,8 @@ import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from curator_cli.execution.stats import TIME_FIELDS, WorkerStats
+
 
 @dataclass
 class ShardFailure:
@@ -13,9 +15,10 @@ class ShardFailure:
     reason: str
 
 
-@dataclass
-class RunSummary:
-    """What a run did. ``seconds_*`` split the wall time by where it went."""
+@dataclass(kw_only=True)
+class RunSummary(WorkerStats):
+    """What a run did: its counts, and its workers' :class:`WorkerStats` added up (``seconds_*`` split
+    the wall time ``seconds`` by where it went)."""
 
     output_dir: str
     shards_total: int = 0
@@ -24,39 +27,24 @@ class RunSummary:
     shards_failed: list[ShardFailure] = field(default_factory=list)
     images: int = 0
     images_failed: int = 0
-    embedding_dim: int | None = None
     decode_min_side: int | None = None  # None: full-size decode
-    stage_batch_size: int | None = None  # images per stage call that worked (smaller after CUDA OOM)
-    decode_workers_replaced: int = 0  # workers killed by a hanging or crashing image
     seconds: float = 0.0
-    seconds_setup: float = 0.0  # the stages' setup (model load), while the first images decode
-    seconds_read: float = 0.0
-    seconds_decode: float = 0.0
-    seconds_wait_input: float = 0.0
-    seconds_stages: float = 0.0
-    seconds_write: float = 0.0
-    errors_by_kind: dict[str, int] = field(default_factory=dict)
     workers: list[dict] = field(default_factory=list)  # per Ray actor: shards, images, images/s
 
     @property
     def images_per_second(self) -> float:
         return self.images / self.seconds if self.seconds > 0 else 0.0
 
-    def merge_stats(self, other: RunSummary) -> None:
-        """Add another worker's time split, error kinds and settings learned (dimension, batch size)."""
-        for name in ("seconds_setup", "seconds_read", "seconds_decode", "seconds_wait_input", "seconds_stages",
-                     "seconds_write"):
-            setattr(self, name, getattr(self, name) + getattr(other, name))
-        self.decode_workers_replaced += other.decode_workers_replaced
-        for kind, count in other.errors_by_kind.items():
+    def merge_stats(self, stats: WorkerStats) -> None:
+        """Add one worker's time split and error kinds, and what it learned (dimension, batch size)."""
+        for name in TIME_FIELDS:
+            setattr(self, name, getattr(self, name) + getattr(stats, name))
+        self.decode_workers_replaced += stats.decode_workers_replaced
+        for kind, count in stats.errors_by_kind.items():
             self.errors_by_kind[kind] = self.errors_by_kind.get(kind, 0) + count
-        self.embedding_dim = self.embedding_dim or other.embedding_dim
-        if other.stage_batch_size:
-            self.stage_batch_size = min(self.stage_batch_size or other.stage_batch_size, other.stage_batch_size)
-
-    def count_error(self, error: str) -> None:
-        kind = error.split(":")[0].split("(")[0].strip()
-        self.errors_by_kind[kind] = self.errors_by_kind.get(kind, 0) + 1
+        self.embedding_dim = self.embedding_dim or stats.embedding_dim
+        if stats.stage_batch_size:
+            self.stage_batch_size = min(self.stage_batch_size or stats.stage_batch_size, stats.stage_batch_size)
 
     def to_dict(self) -> dict:
         data = asdict(self)

@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from curator_cli import __version__
+from curator_cli.io.commit import write_atomic
 
 SUCCESS_FILE = "_SUCCESS"
 MANIFEST_KEY = "curator.manifest"
@@ -26,20 +26,6 @@ MANIFEST_KEY = "curator.manifest"
 def manifest_path(output: Path) -> Path:
     """The sidecar manifest of ``output``: where older versions kept it."""
     return output.parent / f"_{output.stem}.manifest.json"
-
-
-def _plain(value: Any) -> Any:
-    return json.loads(json.dumps(value, default=str, sort_keys=True))
-
-
-def stage_identity(stage: Any) -> dict[str, Any]:
-    """A stage's class and constructor arguments, as JSON: a changed argument changes the identity."""
-    cls = type(stage)
-    args: dict[str, Any] = {}
-    if dataclasses.is_dataclass(stage):
-        args = {f.name: getattr(stage, f.name, None) for f in dataclasses.fields(stage) if f.init}
-    return _plain({"class": f"{cls.__module__.split('curator_plugin_')[0] or 'file'}:{cls.__qualname__}",
-                   "args": args})
 
 
 def input_identity(shard_path: Path) -> dict[str, Any]:
@@ -99,31 +85,7 @@ def read_manifest(output: Path) -> Manifest | None:
     return Manifest.read(manifest_path(output))
 
 
-def write_atomic(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file, fsync, rename."""
-    temp = path.parent / f".{path.name}.tmp-{os.getpid()}"
-    with open(temp, "w") as handle:
-        handle.write(text)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(temp, path)
-
-
-def _fsync_dir(directory: Path) -> None:
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 def write_success(output_dir: Path) -> None:
     """An empty ``_SUCCESS``, as Hadoop and Spark write it: polars' folder reads skip only empty files
     (the run's summary goes to ``--summary-json``)."""
-    write_atomic(output_dir / SUCCESS_FILE, "")
-    _fsync_dir(output_dir)
+    write_atomic(output_dir / SUCCESS_FILE, "", sync_dir=True)

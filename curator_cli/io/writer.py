@@ -1,7 +1,9 @@
-"""Writing one parquet file per shard: the output schema, embeddings as ``fixed_size_list<float>[D]``.
+"""Writing one parquet file per shard: the output schema and its column names, embeddings as
+``fixed_size_list<float>[D]``, and what an ``error`` value says.
 
 Each file is written under a hidden temporary name in the target directory and renamed into place
-only when complete, so a file under its final name is always whole; its manifest is in its footer.
+only when complete (``io.commit``), so a file under its final name is always whole; its manifest
+is in its footer.
 
 The ``embedding`` column is never null: a row without an embedding (its ``error`` says why) holds
 a vector of zeros. A null in a fixed-size list column is what pyarrow up to 25 cannot read back
@@ -13,7 +15,6 @@ sits beside the file, is the dimension unknown: those files hold ``list<float>``
 from __future__ import annotations
 
 import json
-import os
 import queue
 import threading
 import time
@@ -25,9 +26,13 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from curator_cli.io.manifest import MANIFEST_KEY, Manifest, manifest_path, read_manifest, write_atomic
+from curator_cli.io.commit import commit, is_hidden, temp_path
+from curator_cli.io.manifest import MANIFEST_KEY, Manifest, manifest_path, read_manifest
 
+LEADING_COLUMNS = ("image_id", "shard", "image_path", "caption", "metadata")  # strings, before the passthrough
 SCORE_COLUMNS = ("aesthetic_score", "nsfw_score")
+# Every column curator writes itself; an input column of the same name passes through as input_<name>.
+OUTPUT_COLUMNS = (*LEADING_COLUMNS, "embedding", *SCORE_COLUMNS, "error")
 ROWS_PER_ROW_GROUP = 4096
 NO_EMBEDDING = "no embedding"
 
@@ -69,17 +74,24 @@ class OutputLayout:
 
     def schema(self, passthrough_fields: list[pa.Field]) -> pa.Schema:
         fields = [
-            pa.field("image_id", pa.string()),
-            pa.field("shard", pa.string()),
-            pa.field("image_path", pa.string()),
-            pa.field("caption", pa.string()),
-            pa.field("metadata", pa.string()),
+            *(pa.field(c, pa.string()) for c in LEADING_COLUMNS),
             *passthrough_fields,
             pa.field("embedding", self.embedding_type()),
             *(pa.field(c, pa.float32()) for c in (self.score_columns or ())),
             pa.field("error", pa.string()),
         ]
         return pa.schema(fields)
+
+
+def passthrough_name(column: str) -> str:
+    """The output name of an input column that passes through: its own, unless curator writes one of that name."""
+    return f"input_{column}" if column in OUTPUT_COLUMNS else column
+
+
+def error_kind(error: str) -> str:
+    """The kind of an ``error`` column value: its text before the first ``:`` or ``(``
+    (``unreadable: ...`` -> ``unreadable``), as the summary and ``curator show`` count them."""
+    return error.split(":")[0].split("(")[0].strip()
 
 
 def _json_default(value: Any) -> Any:
@@ -127,7 +139,7 @@ def dimension_beside(targets: list[Path], config: dict, limit: int = 64) -> int 
         if not directory.is_dir():
             continue
         for path in sorted(directory.glob("*.parquet")):
-            if path.name.startswith((".", "_")):
+            if is_hidden(path.name):
                 continue
             seen += 1
             if seen > limit:
@@ -149,7 +161,7 @@ class ShardWriter:
 
     def __init__(self, final_path: Path, passthrough_fields: list[pa.Field], layout: OutputLayout) -> None:
         self.final_path = final_path
-        self.temp_path = final_path.parent / f".{final_path.name}.tmp-{os.getpid()}"
+        self.temp_path = temp_path(final_path)
         self.passthrough_fields = passthrough_fields
         self.layout = layout
         self.rows_written = 0
@@ -183,13 +195,10 @@ class ShardWriter:
 
     def _table(self, rows: list[OutputRow]) -> pa.Table:
         assert self._schema is not None
-        columns: dict[str, pa.Array] = {
-            "image_id": pa.array([r.image_id for r in rows], pa.string()),
-            "shard": pa.array([r.shard for r in rows], pa.string()),
-            "image_path": pa.array([r.image_path for r in rows], pa.string()),
-            "caption": pa.array([r.caption for r in rows], pa.string()),
-            "metadata": pa.array([metadata_json(r.metadata) for r in rows], pa.string()),
+        columns: dict[str, pa.Array] = {  # put in the schema's order at the end
+            c: pa.array([getattr(r, c) for r in rows], pa.string()) for c in LEADING_COLUMNS if c != "metadata"
         }
+        columns["metadata"] = pa.array([metadata_json(r.metadata) for r in rows], pa.string())
         for f in self.passthrough_fields:
             columns[f.name] = pa.array([r.passthrough.get(f.name) for r in rows], f.type)
         columns["embedding"] = _embedding_array(rows, self.layout)
@@ -208,9 +217,7 @@ class ShardWriter:
         if manifest is not None:
             self._writer.add_key_value_metadata({MANIFEST_KEY: manifest.to_json()})
         self._writer.close()
-        with open(self.temp_path, "rb") as handle:
-            os.fsync(handle.fileno())
-        os.replace(self.temp_path, self.final_path)
+        commit(self.temp_path, self.final_path)
         manifest_path(self.final_path).unlink(missing_ok=True)  # an older version's, describing the file replaced
         return self.rows_written
 
@@ -232,6 +239,36 @@ class WriteOutcome:
     error: str | None = None
 
 
+@dataclass(frozen=True)
+class _Open:
+    key: str
+    target: Path
+    passthrough_fields: list[pa.Field]
+
+
+@dataclass(frozen=True)
+class _Write:
+    key: str
+    rows: list[OutputRow]
+
+
+@dataclass(frozen=True)
+class _Commit:
+    key: str
+    manifest: Manifest
+
+
+@dataclass(frozen=True)
+class _Abort:
+    key: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class _Close:
+    discard: bool
+
+
 class BackgroundWriter:
     """Runs :class:`ShardWriter` work in a thread, so the stages never wait for parquet encoding or disk.
 
@@ -250,35 +287,35 @@ class BackgroundWriter:
         self._thread.start()
 
     def open(self, key: str, target: Path, passthrough_fields: list[pa.Field]) -> None:
-        self._queue.put(("open", key, (target, passthrough_fields)))
+        self._queue.put(_Open(key, target, passthrough_fields))
 
     def write(self, key: str, rows: list[OutputRow]) -> None:
-        self._queue.put(("write", key, rows))
+        self._queue.put(_Write(key, rows))
 
     def commit(self, key: str, manifest: Manifest) -> None:
-        self._queue.put(("commit", key, manifest))
+        self._queue.put(_Commit(key, manifest))
 
     def abort(self, key: str, reason: str) -> None:
-        self._queue.put(("abort", key, reason))
+        self._queue.put(_Abort(key, reason))
 
     def close(self, discard: bool = False) -> dict[str, WriteOutcome]:
         """Finish every queued command (or, with ``discard``, drop unfinished shards) and stop the thread."""
-        self._queue.put(("close", "", discard))
+        self._queue.put(_Close(discard))
         self._thread.join()
         return self.outcomes
 
     def _run(self) -> None:
         while True:
-            command, key, payload = self._queue.get()
+            command = self._queue.get()
             t0 = time.perf_counter()
-            if command == "close":
-                self._finish_all(discard=payload)
+            if isinstance(command, _Close):
+                self._finish_all(discard=command.discard)
                 self.busy_seconds += time.perf_counter() - t0
                 return
             try:
-                self._apply(command, key, payload)
+                self._apply(command)
             except Exception as exc:
-                self._write_failed(key, self._writers.pop(key, None), exc)
+                self._write_failed(command.key, self._writers.pop(command.key, None), exc)
             self.busy_seconds += time.perf_counter() - t0
 
     def _write_failed(self, key: str, writer: ShardWriter | None, error: Exception) -> None:
@@ -287,25 +324,24 @@ class BackgroundWriter:
             writer.abort()
         self.outcomes[key] = WriteOutcome(error=f"writing output failed: {type(error).__name__}: {error}")
 
-    def _apply(self, command: str, key: str, payload) -> None:
-        if command == "open":
-            target, passthrough = payload
-            self._writers[key] = ShardWriter(target, passthrough, self.layout)
+    def _apply(self, command: _Open | _Write | _Commit | _Abort) -> None:
+        if isinstance(command, _Open):
+            self._writers[command.key] = ShardWriter(command.target, command.passthrough_fields, self.layout)
             return
-        writer = self._writers.get(key)
+        writer = self._writers.get(command.key)
         if writer is None:
             return  # the shard already failed
-        if command == "write":
-            writer.write(payload)
-        elif command == "abort":
-            self._writers.pop(key).abort()
-            self.outcomes[key] = WriteOutcome(error=payload)
-        elif command == "commit":
-            self._writers.pop(key)
+        if isinstance(command, _Write):
+            writer.write(command.rows)
+        elif isinstance(command, _Abort):
+            self._writers.pop(command.key).abort()
+            self.outcomes[command.key] = WriteOutcome(error=command.reason)
+        elif isinstance(command, _Commit):
+            self._writers.pop(command.key)
             if writer.waiting_for_dimension:
-                self._waiting.append((key, writer, payload))
+                self._waiting.append((command.key, writer, command.manifest))
             else:
-                self.outcomes[key] = WriteOutcome(rows=writer.commit(payload))
+                self.outcomes[command.key] = WriteOutcome(rows=writer.commit(command.manifest))
 
     def _finish_all(self, discard: bool) -> None:
         for key, writer in list(self._writers.items()):

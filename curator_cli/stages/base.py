@@ -34,6 +34,19 @@ def _own_value(stage: ProcessingStage, attr: str) -> Any:
     return None
 
 
+def _underscore_spelling(public: str) -> property:
+    """NeMo 1.0's ``_<public>``: reads the value ``public`` gives; setting it sets that value (stored
+    where ``public``'s own getter looks first, ``__dict__["_<public>"]``)."""
+
+    def get(stage: ProcessingStage) -> Any:
+        return getattr(stage, public)
+
+    def set_(stage: ProcessingStage, value: Any) -> None:
+        stage.__dict__[f"_{public}"] = value
+
+    return property(get, set_)
+
+
 def apply_to_tasks(stage: ProcessingStage, tasks: list[Task], handle: Callable[[Task], Any]) -> list:
     """``handle`` each task after checking it against ``stage.inputs()``; a returned list fans out,
     ``None`` filters the task out. The loop behind ``process_batch`` (and the tensor fast path)."""
@@ -69,13 +82,7 @@ class ProcessingStage(ABC, Generic[X, Y]):
     def name(self, value: str) -> None:
         self.__dict__["_name"] = value
 
-    @property
-    def _name(self) -> str:
-        return self.name
-
-    @_name.setter
-    def _name(self, value: str) -> None:
-        self.__dict__["_name"] = value
+    _name = _underscore_spelling("name")
 
     @property
     def resources(self) -> Resources:
@@ -91,13 +98,7 @@ class ProcessingStage(ABC, Generic[X, Y]):
     def resources(self, value: Resources) -> None:
         self.__dict__["_resources"] = value
 
-    @property
-    def _resources(self) -> Resources:
-        return self.resources
-
-    @_resources.setter
-    def _resources(self, value: Resources) -> None:
-        self.__dict__["_resources"] = value
+    _resources = _underscore_spelling("resources")
 
     @property
     def batch_size(self) -> int:
@@ -108,13 +109,7 @@ class ProcessingStage(ABC, Generic[X, Y]):
     def batch_size(self, value: int) -> None:
         self.__dict__["_batch_size"] = value
 
-    @property
-    def _batch_size(self) -> int:
-        return self.batch_size
-
-    @_batch_size.setter
-    def _batch_size(self, value: int) -> None:
-        self.__dict__["_batch_size"] = value
+    _batch_size = _underscore_spelling("batch_size")
 
     # --- the contract ---
     @abstractmethod

@@ -8,13 +8,47 @@ of float), images of equal shape are resized together, and the result is one (N,
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 INTERPOLATIONS = ("bilinear", "bicubic")
+
+
+def stacked_by_shape(images: Sequence[Any], device: Any = None,
+                     limit: int | None = None) -> Iterator[tuple[list[int], Any]]:  # Any: torch.Tensor
+    """Images of equal shape stacked together, so that a batched op resizes all of them in one call.
+
+    Yields ``(indices, pixels)`` for each shape, in order of first appearance: the positions in
+    ``images`` of the images of that shape (at most ``limit`` of them at a time; None entries are
+    skipped) and one tensor of them stacked along a new first dimension, each in its own layout
+    (H x W x C arrays give N x H x W x C). Numpy arrays are uploaded to ``device`` (through pinned
+    memory when it is CUDA); tensors, e.g. decoded on the GPU, are moved there; with ``device``
+    None everything stays where it is.
+    """
+    import torch
+
+    groups: dict[tuple[int, ...], list[int]] = {}
+    for index, image in enumerate(images):
+        if image is not None:
+            groups.setdefault(tuple(image.shape), []).append(index)
+    pin = device is not None and torch.device(device).type == "cuda"
+    for members in groups.values():
+        step = limit or len(members)
+        for start in range(0, len(members), step):
+            indices = members[start:start + step]
+            group = [images[i] for i in indices]
+            if all(isinstance(image, torch.Tensor) for image in group):
+                pixels = torch.stack(group)
+                yield indices, pixels if device is None else pixels.to(device)
+                continue
+            pixels = torch.from_numpy(np.stack([np.asarray(image.cpu()) if isinstance(image, torch.Tensor)
+                                                else image for image in group]))
+            if pin:
+                pixels = pixels.pin_memory()
+            yield indices, pixels if device is None else pixels.to(device, non_blocking=pin)
 
 
 @dataclass(frozen=True)
@@ -55,19 +89,8 @@ class Preprocess:
 
         device = torch.device(device)
         out = torch.empty((len(images), 3, self.crop_size, self.crop_size), dtype=torch.float32, device=device)
-        groups: dict[tuple[int, ...], list[int]] = {}
-        for index, image in enumerate(images):
-            groups.setdefault(tuple(image.shape), []).append(index)
-        pin = device.type == "cuda"
-        for (height, width, _), indices in groups.items():
-            group = [images[i] for i in indices]
-            if isinstance(group[0], torch.Tensor):  # already a tensor, e.g. decoded on the GPU
-                pixels = torch.stack(group).to(device)
-            else:
-                pixels = torch.from_numpy(np.stack(group))
-                if pin:
-                    pixels = pixels.pin_memory()
-                pixels = pixels.to(device, non_blocking=pin)
+        for indices, pixels in stacked_by_shape(images, device):
+            height, width = pixels.shape[1:3]
             x = pixels.permute(0, 3, 1, 2).float().div_(255.0)
             new_h, new_w = self._resized_shape(height, width)
             if (new_h, new_w) != (height, width):

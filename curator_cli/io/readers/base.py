@@ -5,6 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from curator_cli.options import ReadOptions
+
+__all__ = ["ByteRange", "ReadOptions", "Sample", "ShardReadError", "payload_bytes", "status_error"]
+
 
 class ShardReadError(Exception):
     """A shard that cannot be read (any further): corrupt, truncated, not the format it claims."""
@@ -28,16 +32,6 @@ class ByteRange:
 def payload_bytes(payload: bytes | ByteRange | None) -> bytes | None:
     """The bytes of a sample's payload, reading them if the reader deferred that."""
     return payload.read() if isinstance(payload, ByteRange) else payload
-
-
-@dataclass(frozen=True)
-class ReadOptions:
-    """Reader settings from the command line."""
-
-    image_exts: tuple[str, ...] = ("jpg", "jpeg", "png", "webp")
-    image_column: str | None = None
-    id_column: str | None = None
-    caption_column: str | None = None  # parquet: None tries ``caption``, then ``text``
 
 
 def status_error(status: Any, message: Any = None) -> str:

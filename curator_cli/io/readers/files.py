@@ -8,9 +8,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from curator_cli.io.readers.base import ByteRange, ReadOptions, Sample, ShardReadError
-from curator_cli.io.readers.img2dataset import sidecar_failures
-from curator_cli.io.readers.tar import sample_from_members, split_member_name
-from curator_cli.io.shards import is_image_file, sidecar_parquet
+from curator_cli.io.readers.tar import samples_of_groups, split_member_name
+from curator_cli.io.shards import is_image_file
 
 
 def iter_files_groups(path: Path) -> Iterator[tuple[str, dict[str, ByteRange]]]:
@@ -36,10 +35,6 @@ def iter_files_groups(path: Path) -> Iterator[tuple[str, dict[str, ByteRange]]]:
 
 
 def read_files_shard(path: Path, options: ReadOptions) -> Iterator[Sample]:
-    """A sample per key, as :func:`~curator_cli.io.readers.tar.sample_from_members` makes them from a
-    tar's members, then the sidecar's failures. The image is read by the decoders."""
-    seen: set[str] = set()
-    for key, members in iter_files_groups(path):
-        seen.add(key)
-        yield sample_from_members(key, members, str(path), options)
-    yield from sidecar_failures(sidecar_parquet(path), seen, options, str(path))
+    """A sample per key, as a tar's members make them, then the sidecar's failures
+    (:func:`~curator_cli.io.readers.tar.samples_of_groups`). The image is read by the decoders."""
+    return samples_of_groups(iter_files_groups(path), path, options)

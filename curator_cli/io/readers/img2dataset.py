@@ -33,6 +33,15 @@ class SidecarRows:
     def statuses(self) -> Counter[str]:
         return Counter(str(row["status"]) for row in self.failed)
 
+    def unfetched(self, seen: set[str]) -> Iterator[tuple[str, dict]]:
+        """(key, row) of each failed sample the shard itself does not hold (key not in ``seen``, which
+        this adds to), each key once: the samples written as error rows."""
+        for row in self.failed:
+            key = str(row["key"])
+            if key not in seen:
+                seen.add(key)
+                yield key, row
+
 
 def failed_mask(statuses: list) -> list[bool]:
     """Which rows img2dataset did not fetch: a status other than ``success`` (a null one says nothing)."""
@@ -65,11 +74,7 @@ def sidecar_failures(sidecar: Path | None, seen: set[str], options: ReadOptions,
     found = read_sidecar(sidecar, options)
     if found is None:
         return
-    for row in found.failed:
-        key = str(row["key"])
-        if key in seen:
-            continue
-        seen.add(key)
+    for key, row in found.unfetched(seen):
         caption = row.get(found.caption_column) if found.caption_column else None
         yield Sample(
             image_id=key,

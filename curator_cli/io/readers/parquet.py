@@ -10,13 +10,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from curator_cli.io.readers.base import ByteRange, ReadOptions, Sample, ShardReadError, status_error
+from curator_cli.io.writer import passthrough_name
 
 ID_COLUMNS = ("key", "image_id", "id", "uid")
 CAPTION_COLUMNS = ("caption", "text")  # img2dataset's name, then Hugging Face's usual one
 PREFERRED_IMAGE_COLUMNS = ("jpg", "jpeg", "png", "webp", "image", "img", "image_bytes", "bytes")
-# Columns curator writes itself; an input column of the same name passes through as input_<name>.
-RESERVED_COLUMNS = ("image_id", "shard", "image_path", "caption", "metadata", "embedding",
-                    "aesthetic_score", "nsfw_score", "error")
 ROWS_PER_READ = 1024
 
 
@@ -30,16 +28,26 @@ def _is_hf_image(tp: pa.DataType) -> bool:
     )
 
 
+def _holds_images(tp: pa.DataType) -> bool:
+    """Image bytes, or a Hugging Face Image struct: a column type images can be read from."""
+    return is_binary_type(tp) or _is_hf_image(tp)
+
+
+def _named(schema: pa.Schema, requested: str, what: str) -> str:
+    """``requested``, the column the command line named, if the file has it."""
+    if requested not in schema.names:
+        raise ShardReadError(f"no {what} {requested!r} (columns: {', '.join(schema.names)})")
+    return requested
+
+
 def find_image_column(schema: pa.Schema, requested: str | None) -> str:
     """The column holding image bytes: ``requested``, else a binary or HF Image column by name preference."""
     if requested:
-        if requested not in schema.names:
-            raise ShardReadError(f"no column {requested!r} (columns: {', '.join(schema.names)})")
-        tp = schema.field(requested).type
-        if not (is_binary_type(tp) or _is_hf_image(tp)):
+        tp = schema.field(_named(schema, requested, "column")).type
+        if not _holds_images(tp):
             raise ShardReadError(f"column {requested!r} is {tp}, not binary image bytes")
         return requested
-    candidates = [f.name for f in schema if is_binary_type(f.type) or _is_hf_image(f.type)]
+    candidates = [f.name for f in schema if _holds_images(f.type)]
     if not candidates:
         raise ShardReadError(
             f"no image column (binary or struct<bytes, path>) among: {', '.join(schema.names)}; "
@@ -53,9 +61,7 @@ def find_image_column(schema: pa.Schema, requested: str | None) -> str:
 
 def find_id_column(schema: pa.Schema, requested: str | None) -> str | None:
     if requested:
-        if requested not in schema.names:
-            raise ShardReadError(f"no id column {requested!r} (columns: {', '.join(schema.names)})")
-        return requested
+        return _named(schema, requested, "id column")
     return next((name for name in ID_COLUMNS if name in schema.names), None)
 
 
@@ -63,9 +69,7 @@ def find_caption_column(schema: pa.Schema, requested: str | None) -> str | None:
     """The caption column: ``requested``, else ``caption`` (whatever its type: an all-null one is
     still img2dataset's), else a ``text`` column of strings."""
     if requested:
-        if requested not in schema.names:
-            raise ShardReadError(f"no caption column {requested!r} (columns: {', '.join(schema.names)})")
-        return requested
+        return _named(schema, requested, "caption column")
     if "caption" in schema.names:
         return "caption"
     strings = {f.name for f in schema if pa.types.is_string(f.type) or pa.types.is_large_string(f.type)}
@@ -79,7 +83,7 @@ def has_image_column(path: Path) -> bool | None:
         schema = pq.read_schema(path)
     except (pa.ArrowException, OSError):
         return None
-    return any(is_binary_type(f.type) or _is_hf_image(f.type) for f in schema)
+    return any(_holds_images(f.type) for f in schema)
 
 
 def resolve_image_file(stored: str, parquet_dir: Path) -> tuple[str, bool]:
@@ -95,10 +99,6 @@ def resolve_image_file(stored: str, parquet_dir: Path) -> tuple[str, bool]:
         if os.path.isfile(candidate):
             return candidate, True
     return candidates[0], False
-
-
-def passthrough_name(column: str) -> str:
-    return f"input_{column}" if column in RESERVED_COLUMNS else column
 
 
 class ParquetShardReader:

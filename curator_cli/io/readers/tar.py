@@ -128,11 +128,16 @@ def sample_from_members(key: str, members: dict[str, bytes | ByteRange], locatio
     )
 
 
-def read_tar(path: Path, options: ReadOptions) -> Iterator[Sample]:
-    """Samples of a tar shard, then the samples img2dataset failed to fetch (listed only in its
-    sidecar ``NNNNN.parquet``, when there is one) as error rows."""
+def samples_of_groups(groups: Iterator[tuple[str, dict]], path: Path, options: ReadOptions) -> Iterator[Sample]:
+    """A sample per key's members (:func:`sample_from_members`), then the samples img2dataset failed
+    to fetch (listed only in the shard's sidecar ``NNNNN.parquet``, when there is one) as error rows."""
     seen: set[str] = set()
-    for key, members in iter_tar_groups(path):
+    for key, members in groups:
         seen.add(key)
         yield sample_from_members(key, members, str(path), options)
     yield from sidecar_failures(sidecar_parquet(path), seen, options, str(path))
+
+
+def read_tar(path: Path, options: ReadOptions) -> Iterator[Sample]:
+    """Samples of a tar shard, then its sidecar's failures (:func:`samples_of_groups`)."""
+    return samples_of_groups(iter_tar_groups(path), path, options)

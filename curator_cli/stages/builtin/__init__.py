@@ -1,1 +1,1 @@
-
+"""The stages that ship with curator (``perceptual``, ``torchvision``, ``clip``, ``linear-head``)."""

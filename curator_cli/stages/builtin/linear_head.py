@@ -24,11 +24,10 @@ from typing import Any, Literal
 
 import numpy as np
 
-from curator_cli.execution.stage_runner import to_vector
 from curator_cli.stages.base import ProcessingStage
 from curator_cli.stages.checkpoints import load_state_dict
 from curator_cli.stages.runtime import stage_device
-from curator_cli.tasks import ImageBatch
+from curator_cli.tasks import ImageBatch, to_vector
 from curator_cli.stages.worker_metadata import WorkerMetadata
 
 

@@ -20,8 +20,9 @@ from typing import Any
 
 import numpy as np
 
-from curator_cli.devices import device as run_device
+from curator_cli.stages.runtime import device as run_device
 from curator_cli.stages.base import ProcessingStage
+from curator_cli.stages.preprocess import stacked_by_shape
 from curator_cli.tasks import ImageBatch
 from curator_cli.stages.worker_metadata import WorkerMetadata
 
@@ -79,15 +80,7 @@ class PerceptualEmbeddingStage(ProcessingStage[ImageBatch, ImageBatch]):
         import torch.nn.functional as F
 
         out = torch.empty((len(images), 3, THUMB, THUMB), dtype=torch.float32, device=self._device)
-        groups: dict[tuple[int, ...], list[int]] = {}
-        for index, image in enumerate(images):
-            groups.setdefault(tuple(image.shape), []).append(index)
-        for indices in groups.values():
-            group = [images[i] for i in indices]
-            if isinstance(group[0], torch.Tensor):  # already a tensor, e.g. decoded on the GPU
-                pixels = torch.stack(group).to(self._device)
-            else:
-                pixels = torch.from_numpy(np.stack(group)).to(self._device)
+        for indices, pixels in stacked_by_shape(images, self._device):
             x = pixels.permute(0, 3, 1, 2).float().div_(255.0)
             out[indices] = F.adaptive_avg_pool2d(x, (THUMB, THUMB))
         return out.permute(0, 2, 3, 1)

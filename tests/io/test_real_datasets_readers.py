@@ -11,7 +11,7 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 
-from conftest import jpeg, read_output, write_parquet, write_tar
+from conftest import jpeg, read_output, run_with_watchdog, stage_spec, write_parquet, write_tar
 
 SIZE = (256, 256)
 HF_IMAGE = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
@@ -169,26 +169,9 @@ def test_parquet_format_failed_rows_and_no_metadata_copy_of_columns(cli, tmp_pat
     assert all(json.loads(r["metadata"]) == {} for r in rows)  # url, status, ... are columns already
 
 
-STAGE_READING_COLUMNS = """
-from dataclasses import dataclass
-from curator_cli.stages.base import ProcessingStage
-from curator_cli.tasks import ImageBatch
-
-@dataclass
-class UrlLength(ProcessingStage[ImageBatch, ImageBatch]):
-    name: str = "url_length"
-    def process(self, task):
-        for obj in task.data:
-            obj.embedding = [float(len(obj.metadata["url"]))]
-            obj.metadata["seen_status"] = obj.metadata["status"]
-        return task
-"""
-
-
 def test_stages_see_a_parquet_rows_columns_and_only_what_they_add_is_written(cli, tmp_path):
     shard = i2d_parquet_shard(tmp_path / "pq" / "00000.parquet", 3, failed=set())
-    (tmp_path / "url_stage.py").write_text(STAGE_READING_COLUMNS)
-    result = embed(cli, shard, "-o", tmp_path / "out", "--stage", f"{tmp_path / 'url_stage.py'}:UrlLength")
+    result = embed(cli, shard, "-o", tmp_path / "out", "--stage", stage_spec("UrlLength"))
     assert result.exit_code == 0, result.output
     rows = read_output(tmp_path / "out" / "00000.parquet").to_pylist()
     assert [r["embedding"] for r in rows] == [[float(len("https://example.com/000000000.jpg"))]] * 3
@@ -302,8 +285,6 @@ def test_img2dataset_output_through_1_2_and_4_decode_workers(tmp_path, workers):
     """The three img2dataset formats at 256 px in one input folder, through real decode worker
     processes (a watchdog fails the run if it hangs): every fetched sample once, with its key and
     caption; every failed download kept, with its status as the error."""
-    from test_decode_transport import run_with_watchdog
-
     inputs = tmp_path / "i2d"
     i2d_tar_shard(inputs / "tar", 0, 40, failed={3, 17})
     i2d_files_shard(inputs / "files", 1, 40, failed={5})

@@ -12,8 +12,7 @@ from PIL import Image
 
 from curator_cli.stages.builtin.linear_head import head_layers
 
-from conftest import img2dataset_tar, read_output, unit_norms
-from test_torchvision_stage import assert_same_vectors, decoded_images, embeddings
+from conftest import assert_same_vectors, decoded_images, embeddings, img2dataset_tar, read_output, unit_norms
 
 CLIP_MODEL = "ViT-S-32"  # the smallest open_clip ViT: 384-dim embeddings
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import textwrap
 
 import numpy as np
 import pandas as pd
@@ -14,55 +13,7 @@ import pyarrow.dataset  # noqa: F401  (pa.dataset)
 import pyarrow.parquet as pq
 import pytest
 
-from conftest import ROOT, img2dataset_tar, jpeg, read_output, unit_norms, write_parquet
-
-STAGES = textwrap.dedent('''
-    from dataclasses import dataclass
-    import numpy as np
-    from curator_cli.stages.base import ProcessingStage
-    from curator_cli.tasks import ImageBatch, ImageObject
-
-    @dataclass
-    class MeanColour(ProcessingStage[ImageBatch, ImageBatch]):
-        name: str = "mean_colour"
-        def process(self, task):
-            for obj in task.data:
-                obj.embedding = obj.image_data.reshape(-1, 3).mean(axis=0) / 255.0
-            return task
-
-    @dataclass
-    class DropOdd(ProcessingStage[ImageBatch, ImageBatch]):
-        """Keeps every other image, in new objects (as a stage that rebuilds the batch would)."""
-        name: str = "drop_odd"
-        def process(self, task):
-            kept = [ImageObject(image_id=o.image_id, image_path=o.image_path, image_data=o.image_data,
-                                metadata=o.metadata, embedding=o.embedding)
-                    for i, o in enumerate(task.data) if i % 2 == 0]
-            return ImageBatch(dataset_name=task.dataset_name, data=kept)
-
-    @dataclass
-    class Score(ProcessingStage[ImageBatch, ImageBatch]):
-        name: str = "score"
-        def outputs(self):
-            return ["data"], ["aesthetic_score"]
-        def process(self, task):
-            for obj in task.data:
-                obj.aesthetic_score = float(obj.embedding[0])
-                obj.metadata["scored"] = True
-            return task
-
-    @dataclass
-    class DropAll(ProcessingStage[ImageBatch, ImageBatch]):
-        def process(self, task):
-            return None
-''')
-
-
-@pytest.fixture
-def stages_file(tmp_path):
-    path = tmp_path / "my_stages.py"
-    path.write_text(STAGES)
-    return path
+from conftest import ROOT, img2dataset_tar, jpeg, read_output, stage_spec, unit_norms, write_parquet
 
 
 def test_img2dataset_tar_rows_ids_captions_schema(cli, tmp_path):
@@ -103,11 +54,11 @@ def test_sample_data_nested_layout_and_parquet_passthrough(cli, tmp_path):
     assert "2 of 2 shard(s) written; 14 image(s), 1 failed" in result.output
 
 
-def test_multi_stage_filter_scores_and_float16(cli, tmp_path, stages_file):
+def test_multi_stage_filter_scores_and_float16(cli, tmp_path):
     shard = img2dataset_tar(tmp_path / "s.tar", 5)
     result = cli("embed", shard, "-o", tmp_path / "out", "--embedding-dtype", "float16",
-                 "--stage", f"{stages_file}:MeanColour", "--stage", f"{stages_file}:DropOdd",
-                 "--stage", f"{stages_file}:Score")
+                 "--stage", stage_spec("MeanColour"), "--stage", stage_spec("DropOdd"),
+                 "--stage", stage_spec("Score"))
     assert result.exit_code == 0, result.output
     table = read_output(tmp_path / "out" / "s.parquet")
     assert table.schema.field("embedding").type == pa.list_(pa.float16(), 3)
@@ -118,9 +69,9 @@ def test_multi_stage_filter_scores_and_float16(cli, tmp_path, stages_file):
     assert json.loads(table.column("metadata")[0].as_py())["scored"] is True
 
 
-def test_stage_that_filters_everything(cli, tmp_path, stages_file):
+def test_stage_that_filters_everything(cli, tmp_path):
     shard = img2dataset_tar(tmp_path / "s.tar", 3)
-    result = cli("embed", shard, "-o", tmp_path / "out", "--stage", f"{stages_file}:DropAll")
+    result = cli("embed", shard, "-o", tmp_path / "out", "--stage", stage_spec("DropAll"))
     assert result.exit_code == 0, result.output
     table = read_output(tmp_path / "out" / "s.parquet")
     assert table.column("error").to_pylist() == ["filtered by DropAll"] * 3

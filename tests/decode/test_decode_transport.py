@@ -10,10 +10,6 @@ process group is killed) instead of hanging CI.
 from __future__ import annotations
 
 import io
-import os
-import signal
-import subprocess
-import sys
 import tarfile
 from pathlib import Path
 
@@ -23,7 +19,8 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-WATCHDOG_S = 60
+from conftest import run_with_watchdog
+
 COUNT = 96  # three jobs of 32 per worker and more: every worker gets both of its job slots filled
 
 
@@ -50,19 +47,6 @@ def write_shard(root: Path, fmt: str, side: int) -> Path:
         path = root / "00000.parquet"
         pq.write_table(pa.table({"key": [f"{i:09d}" for i in range(COUNT)], "jpg": images}), path)
     return path
-
-
-def run_with_watchdog(*args: str) -> subprocess.CompletedProcess:
-    """``curator embed ...`` in its own process group, killed whole if it outlives the watchdog."""
-    process = subprocess.Popen([sys.executable, "-m", "curator_cli.cli", *args], stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, text=True, start_new_session=True)
-    try:
-        out, err = process.communicate(timeout=WATCHDOG_S)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        process.communicate()
-        pytest.fail(f"curator embed {' '.join(args)} hung for {WATCHDOG_S} s (decode transport deadlock)")
-    return subprocess.CompletedProcess(process.args, process.returncode, out, err)
 
 
 @pytest.mark.slow

@@ -6,7 +6,6 @@ import json
 import signal
 import subprocess
 import sys
-import textwrap
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -15,42 +14,11 @@ import pytest
 from curator_cli.execution.ray import actor_count
 from curator_cli.stages.resources import Resources
 
-from conftest import ROOT, img2dataset_tar
+from conftest import ROOT, img2dataset_tar, stage_spec
 
 ray = pytest.importorskip("ray")
 
 pytestmark = pytest.mark.slow
-
-STAGES = textwrap.dedent('''
-    from dataclasses import dataclass
-    import os, time
-    from curator_cli.stages.base import ProcessingStage
-    from curator_cli.tasks import ImageBatch
-
-    @dataclass
-    class Mean(ProcessingStage[ImageBatch, ImageBatch]):
-        """Mean colour; optionally slow, optionally dying once (marker file) when it meets ``die_on``."""
-        delay: float = 0.0
-        die_on: str = ""
-        marker: str = ""
-        log: str = ""
-        def setup_on_node(self, node_info=None, worker_metadata=None):
-            if self.log:
-                with open(self.log, "a") as f:
-                    f.write("node\\n")
-        def setup(self, worker_metadata=None):
-            if self.log:
-                with open(self.log, "a") as f:
-                    f.write(f"worker {worker_metadata.worker_id} {worker_metadata.device}\\n")
-        def process(self, task):
-            time.sleep(self.delay)
-            for obj in task.data:
-                if self.die_on and self.die_on in obj.image_id and not os.path.exists(self.marker):
-                    open(self.marker, "w").close()
-                    os._exit(1)  # the actor dies mid-shard
-                obj.embedding = obj.image_data.reshape(-1, 3).mean(axis=0)
-            return task
-''')
 
 
 @pytest.fixture(scope="module")
@@ -58,13 +26,6 @@ def ray_cluster():
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
     yield ray.get_runtime_context().gcs_address
     ray.shutdown()
-
-
-@pytest.fixture
-def stages(tmp_path):
-    path = tmp_path / "ray_stages.py"
-    path.write_text(STAGES)
-    return path
 
 
 def tables(out):
@@ -111,22 +72,22 @@ def test_ray_run_equals_local_run(cli, tmp_path, ray_cluster):
     assert again.exit_code == 0 and json.loads((tmp_path / "s.json").read_text())["shards_skipped"] == 2
 
 
-def test_setup_once_per_node_and_per_actor(cli, tmp_path, ray_cluster, stages):
+def test_setup_once_per_node_and_per_actor(cli, tmp_path, ray_cluster):
     for s in range(4):
         img2dataset_tar(tmp_path / "in" / f"{s}.tar", 2)
     log = tmp_path / "setup.log"
     result = cli("embed", tmp_path / "in", "-o", tmp_path / "out", "--executor", "ray", "--stage",
-                 f"{stages}:Mean", "--stage-arg", f"log={log}")
+                 stage_spec("Mean"), "--stage-arg", f"log={log}")
     assert result.exit_code == 0, result.output
     lines = log.read_text().splitlines()
     assert lines.count("node") == 1  # one node
     assert sorted(lines[1:]) == ["worker ray-actor-0 cpu", "worker ray-actor-1 cpu"]  # two actors, 1 CPU each
 
 
-def test_an_actor_killed_mid_shard_is_retried(cli, tmp_path, ray_cluster, stages):
+def test_an_actor_killed_mid_shard_is_retried(cli, tmp_path, ray_cluster):
     for s in range(3):
         img2dataset_tar(tmp_path / "in" / f"{s}.tar", 3, first_seed=10 * s)
-    args = ["--stage", f"{stages}:Mean"]
+    args = ["--stage", stage_spec("Mean")]
     assert cli("embed", tmp_path / "in", "-o", tmp_path / "local", *args).exit_code == 0
     result = cli("embed", tmp_path / "in", "-o", tmp_path / "ray", "--executor", "ray", *args,
                  "--stage-arg", "die_on=000000001", "--stage-arg", f"marker={tmp_path / 'died'}",
@@ -143,10 +104,10 @@ def test_an_actor_killed_mid_shard_is_retried(cli, tmp_path, ray_cluster, stages
     assert not list((tmp_path / "ray").rglob(".*tmp-*"))
 
 
-def test_resume_after_a_killed_ray_run(cli, tmp_path, ray_cluster, stages):
+def test_resume_after_a_killed_ray_run(cli, tmp_path, ray_cluster):
     for s in range(6):
         img2dataset_tar(tmp_path / "in" / f"{s}.tar", 4, first_seed=10 * s)
-    args = ["--stage", f"{stages}:Mean", "--stage-arg", "delay=0.5", "--batch-size", "2"]
+    args = ["--stage", stage_spec("Mean"), "--stage-arg", "delay=0.5", "--batch-size", "2"]
     assert cli("embed", tmp_path / "in", "-o", tmp_path / "local", *args).exit_code == 0
     out = tmp_path / "ray"
     driver = subprocess.Popen([sys.executable, "-m", "curator_cli.cli", "embed", str(tmp_path / "in"), "-o", str(out),

@@ -23,27 +23,11 @@ import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
 
-from conftest import ROOT, jpeg, write_tar
+from conftest import ROOT, jpeg, stage_spec, write_tar
 from curator_cli.cli import main
 
 DIM = 8
-STAGE = textwrap.dedent('''
-    from dataclasses import dataclass
-    import numpy as np
-    from curator_cli.stages.base import ProcessingStage
-    from curator_cli.tasks import ImageBatch
-
-    @dataclass
-    class IdVector(ProcessingStage[ImageBatch, ImageBatch]):
-        """A unit vector drawn from the image id, so a reader's values can be checked exactly."""
-        dim: int = 8
-        name: str = "id_vector"
-        def process(self, task):
-            for obj in task.data:
-                v = np.random.default_rng(int(obj.image_id)).standard_normal(self.dim).astype(np.float32)
-                obj.embedding = v / np.linalg.norm(v)
-            return task
-''')
+STAGE = stage_spec("IdVector")
 
 
 def expected_vector(image_id: str) -> np.ndarray:
@@ -77,23 +61,16 @@ def embed(*args) -> str:
 
 
 @pytest.fixture(scope="module")
-def stage(tmp_path_factory) -> str:
-    path = tmp_path_factory.mktemp("stage") / "id_vector.py"
-    path.write_text(STAGE)
-    return f"{path}:IdVector"
-
-
-@pytest.fixture(scope="module")
-def out(tmp_path_factory, stage) -> Path:
+def out(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("readers")
-    embed(write_shards(root / "in"), "-o", root / "out", "--stage", stage)
+    embed(write_shards(root / "in"), "-o", root / "out", "--stage", STAGE)
     return root / "out"
 
 
 @pytest.fixture(scope="module")
-def out16(tmp_path_factory, stage) -> Path:
+def out16(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("readers16")
-    embed(write_shards(root / "in"), "-o", root / "out", "--stage", stage, "--embedding-dtype", "float16")
+    embed(write_shards(root / "in"), "-o", root / "out", "--stage", STAGE, "--embedding-dtype", "float16")
     return root / "out"
 
 
@@ -131,13 +108,13 @@ def test_every_file_has_the_same_schema_and_no_null_embedding(out):
         assert pq.read_table(path).column("embedding").null_count == 0
 
 
-def test_manifest_is_in_the_footer_and_a_rerun_skips_every_shard(tmp_path, stage):
+def test_manifest_is_in_the_footer_and_a_rerun_skips_every_shard(tmp_path):
     write_shards(tmp_path / "in")
-    embed(tmp_path / "in", "-o", tmp_path / "out", "--stage", stage)
+    embed(tmp_path / "in", "-o", tmp_path / "out", "--stage", STAGE)
     manifest = json.loads(pq.read_metadata(tmp_path / "out" / "00000.parquet").metadata[b"curator.manifest"])
     assert (manifest["rows"], manifest["failed_rows"], manifest["input"]) == (4, 2, str(tmp_path / "in" / "00000.tar"))
     summary = tmp_path / "summary.json"
-    embed(tmp_path / "in", "-o", tmp_path / "out", "--stage", stage, "--summary-json", summary)
+    embed(tmp_path / "in", "-o", tmp_path / "out", "--stage", STAGE, "--summary-json", summary)
     assert json.loads(summary.read_text())["shards_skipped"] == 3
 
 
@@ -324,11 +301,11 @@ def test_autofaiss_indexes_every_row(readers_env_report, out):
 # --------------------------------------------------------------------------- the dimension unknown, older outputs
 
 
-def test_run_in_which_no_image_is_embedded(tmp_path, stage):
+def test_run_in_which_no_image_is_embedded(tmp_path):
     """No dimension to fill: the column is ``list<float>`` of nulls, every row has its error."""
     polars = pytest.importorskip("polars")
     write_shards(tmp_path / "in", ["00002"])
-    embed(tmp_path / "in", "-o", tmp_path / "out", "--stage", stage)
+    embed(tmp_path / "in", "-o", tmp_path / "out", "--stage", STAGE)
     table = pq.read_table(tmp_path / "out")
     assert table.schema.field("embedding").type == pa.list_(pa.float32())
     assert table.column("embedding").null_count == 2
@@ -337,11 +314,11 @@ def test_run_in_which_no_image_is_embedded(tmp_path, stage):
     assert polars.read_parquet(tmp_path / "out").height == 2
 
 
-def test_rerun_of_only_failed_shards_takes_the_dimension_from_the_files_beside(tmp_path, stage):
+def test_rerun_of_only_failed_shards_takes_the_dimension_from_the_files_beside(tmp_path):
     write_shards(tmp_path / "in", ["00000", "00001"])
-    embed(tmp_path / "in", "-o", tmp_path / "out", "--stage", stage)
+    embed(tmp_path / "in", "-o", tmp_path / "out", "--stage", STAGE)
     write_shards(tmp_path / "in", ["00002"])  # a new shard in which no image decodes
-    embed(tmp_path / "in", "-o", tmp_path / "out", "--stage", stage)
+    embed(tmp_path / "in", "-o", tmp_path / "out", "--stage", STAGE)
     table = pq.read_table(tmp_path / "out" / "00002.parquet")
     assert table.schema.field("embedding").type == pa.list_(pa.float32(), DIM)
     assert not np.stack(table.column("embedding").to_numpy(zero_copy_only=False)).any()
@@ -349,12 +326,12 @@ def test_rerun_of_only_failed_shards_takes_the_dimension_from_the_files_beside(t
     assert polars.read_parquet(tmp_path / "out").height == len(EXPECTED)
 
 
-def test_output_of_an_older_version_resumes(tmp_path, stage):
+def test_output_of_an_older_version_resumes(tmp_path):
     """Manifests in ``_NAME.manifest.json`` sidecars (older versions) still count; a shard redone gets
     its manifest in its footer and loses the sidecar."""
     write_shards(tmp_path / "in", ["00000", "00001"])
     out = tmp_path / "out"
-    embed(tmp_path / "in", "-o", out, "--stage", stage)
+    embed(tmp_path / "in", "-o", out, "--stage", STAGE)
     for name in ("00000", "00001"):  # as an older version left them: the manifest beside the file
         path = out / f"{name}.parquet"
         (out / f"_{name}.manifest.json").write_bytes(pq.read_metadata(path).metadata[b"curator.manifest"])
@@ -362,7 +339,7 @@ def test_output_of_an_older_version_resumes(tmp_path, stage):
     assert b"curator.manifest" not in (pq.read_metadata(out / "00000.parquet").metadata or {})
     os.utime(tmp_path / "in" / "00001.tar", ns=(1, 1))  # changed since: redone
     summary = tmp_path / "summary.json"
-    embed(tmp_path / "in", "-o", out, "--stage", stage, "--summary-json", summary)
+    embed(tmp_path / "in", "-o", out, "--stage", STAGE, "--summary-json", summary)
     done = json.loads(summary.read_text())
     assert (done["shards_skipped"], done["shards_written"]) == (1, 1)
     assert [p.name for p in out.glob("_*.manifest.json")] == ["_00000.manifest.json"]

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import io
-import tarfile
 import urllib.error
 
 import numpy as np
@@ -15,25 +13,7 @@ from curator_cli.stages.builtin.torchvision_embedding import TorchvisionEmbeddin
 from curator_cli.tasks import ImageBatch, ImageObject
 from curator_cli.stages.worker_metadata import WorkerMetadata
 
-from conftest import img2dataset_tar, read_output, unit_norms
-
-
-def embeddings(table) -> np.ndarray:
-    return np.array(table.column("embedding").to_pylist(), dtype=np.float32)
-
-
-def decoded_images(shard) -> list[np.ndarray]:
-    with tarfile.open(shard) as archive:
-        return [np.array(Image.open(io.BytesIO(archive.extractfile(m).read())).convert("RGB"))
-                for m in archive.getmembers() if m.name.endswith(".jpg")]
-
-
-def assert_same_vectors(ours: np.ndarray, reference: np.ndarray) -> None:
-    """Each row of ``ours`` is much closer to its own reference row than the rows are to each other."""
-    errors = np.linalg.norm(ours - reference, axis=1)
-    spread = min(np.linalg.norm(reference[i] - reference[j])
-                 for i in range(len(reference)) for j in range(len(reference)) if i != j)
-    assert errors.max() < 0.1 * spread, (errors, spread)
+from conftest import assert_same_vectors, decoded_images, embeddings, img2dataset_tar, read_output, unit_norms
 
 
 @pytest.mark.parametrize("model, dim", [("resnet18", 512), ("mobilenet_v3_small", 1024)])

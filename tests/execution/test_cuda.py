@@ -8,16 +8,14 @@ back-off.
 from __future__ import annotations
 
 import json
-import textwrap
 
 import numpy as np
 import pytest
 import torch
 
-from conftest import ROOT, encode, img2dataset_tar, jpeg, read_output, synthetic_photo, write_tar
+from conftest import ROOT, encode, img2dataset_tar, jpeg, read_output, stage_spec, synthetic_photo, write_tar
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-
 
 
 @pytest.fixture
@@ -84,24 +82,9 @@ def test_a_real_cuda_out_of_memory_halves_the_batch(cli, tmp_path):
     until it fits, and every image still gets its embedding."""
     free, _ = torch.cuda.mem_get_info()
     per_image = free // 3  # two images fit, four do not
-    stage = tmp_path / "hungry.py"
-    stage.write_text(textwrap.dedent(f'''
-        import torch
-        from curator_cli.stages.base import ProcessingStage
-        from curator_cli.tasks import ImageBatch
-
-        class Hungry(ProcessingStage[ImageBatch, ImageBatch]):
-            name = "hungry"
-
-            def process(self, task):
-                scratch = torch.empty(len(task.data) * {per_image}, dtype=torch.uint8, device="cuda")
-                for obj in task.data:
-                    obj.embedding = torch.tensor([float(scratch.numel() > 0), 1.0])
-                del scratch
-                return task
-    '''))
     img2dataset_tar(tmp_path / "s.tar", 9)
-    result = cli("embed", tmp_path / "s.tar", "-o", tmp_path / "out", "--stage", f"{stage}:Hungry",
+    result = cli("embed", tmp_path / "s.tar", "-o", tmp_path / "out", "--stage", stage_spec("Hungry"),
+                 "--stage-arg", f"per_image={per_image}",
                  "--device", "cuda", "--batch-size", "8", "--summary-json", tmp_path / "s.json")
     assert result.exit_code == 0, result.output
     table = read_output(tmp_path / "out" / "s.parquet")

@@ -11,8 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import ROOT, img2dataset_tar, read_output, unit_norms
-from test_torchvision_stage import embeddings
+from conftest import ROOT, embeddings, img2dataset_tar, read_output, unit_norms
 
 PLUGINS = ROOT / "plugins"
 

@@ -7,7 +7,6 @@ import os
 import signal
 import subprocess
 import sys
-import textwrap
 import time
 from pathlib import Path
 
@@ -16,52 +15,7 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from conftest import encode, img2dataset_tar, jpeg, synthetic_photo, write_parquet, write_tar
-
-STAGES = textwrap.dedent('''
-    from dataclasses import dataclass
-    import time
-    import torch
-    from curator_cli.stages.base import ProcessingStage
-    from curator_cli.tasks import ImageBatch
-
-    @dataclass
-    class Shapes(ProcessingStage[ImageBatch, ImageBatch]):
-        """(height, width, mean pixel); ``delay`` seconds per batch; fails on ids containing ``fail_on``."""
-        delay: float = 0.0
-        fail_on: str = ""
-        name: str = "shapes"
-        def process(self, task):
-            time.sleep(self.delay)
-            for obj in task.data:
-                if self.fail_on and self.fail_on in obj.image_id:
-                    raise ValueError(f"cannot handle {obj.image_id}")
-                h, w, _ = obj.image_data.shape
-                obj.embedding = [float(h), float(w), float(obj.image_data.mean())]
-            return task
-
-    @dataclass
-    class BrokenSetup(Shapes):
-        name: str = "broken_setup"
-        def setup(self, worker_metadata=None):
-            raise RuntimeError("weights file is corrupt")
-
-    @dataclass
-    class SmallGpu(Shapes):
-        """Raises CUDA out-of-memory for batches of more than ``limit`` images."""
-        limit: int = 2
-        def process(self, task):
-            if len(task.data) > self.limit:
-                raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
-            return super().process(task)
-''')
-
-
-@pytest.fixture
-def stages(tmp_path) -> Path:
-    path = tmp_path / "rel_stages.py"
-    path.write_text(STAGES)
-    return path
+from conftest import encode, img2dataset_tar, jpeg, stage_spec, synthetic_photo, write_parquet, write_tar
 
 
 def curator(*args, **kwargs) -> subprocess.Popen:
@@ -98,10 +52,10 @@ def make_shards(root: Path, count: int = 4, per_shard: int = 6) -> Path:
 # --------------------------------------------------------------------------- 1. resume
 
 
-def test_rerun_skips_done_shards_and_redoes_the_rest(cli, tmp_path, stages):
+def test_rerun_skips_done_shards_and_redoes_the_rest(cli, tmp_path):
     inputs = make_shards(tmp_path / "in", 3, 3)
     out = tmp_path / "out"
-    args = ["embed", inputs, "-o", out, "--stage", f"{stages}:Shapes", "--summary-json", tmp_path / "s.json"]
+    args = ["embed", inputs, "-o", out, "--stage", stage_spec("ShapesOrFail"), "--summary-json", tmp_path / "s.json"]
     assert cli(*args).exit_code == 0
     assert (out / "_SUCCESS").exists() and not list(out.glob("_*.manifest.json"))
     manifest = json.loads(pq.read_metadata(out / "00001.parquet").metadata[b"curator.manifest"])
@@ -128,9 +82,9 @@ def test_rerun_skips_done_shards_and_redoes_the_rest(cli, tmp_path, stages):
 
 
 @pytest.mark.slow
-def test_kill_9_then_rerun_gives_the_uninterrupted_output(tmp_path, stages):
+def test_kill_9_then_rerun_gives_the_uninterrupted_output(tmp_path):
     inputs = make_shards(tmp_path / "in", 4, 6)
-    common = ["--stage", f"{stages}:Shapes", "--stage-arg", "delay=0.15", "--batch-size", "2", "--num-workers", "1"]
+    common = ["--stage", stage_spec("ShapesOrFail"), "--stage-arg", "delay=0.15", "--batch-size", "2", "--num-workers", "1"]
     reference = curator("embed", inputs, "-o", tmp_path / "ref", *common)
     assert reference.wait(timeout=120) == 0, reference.stderr.read()
 
@@ -159,10 +113,10 @@ def test_kill_9_then_rerun_gives_the_uninterrupted_output(tmp_path, stages):
 
 
 @pytest.mark.slow
-def test_second_run_on_same_output_fails_at_once_and_sigterm_stops_cleanly(tmp_path, stages):
+def test_second_run_on_same_output_fails_at_once_and_sigterm_stops_cleanly(tmp_path):
     inputs = make_shards(tmp_path / "in", 8, 6)
     out = tmp_path / "out"
-    common = ["--stage", f"{stages}:Shapes", "--stage-arg", "delay=0.4", "--batch-size", "2"]
+    common = ["--stage", stage_spec("ShapesOrFail"), "--stage-arg", "delay=0.4", "--batch-size", "2"]
     first = curator("embed", inputs, "-o", out, *common)
     wait_for(lambda: (out / "00000.parquet").exists())
 
@@ -182,7 +136,7 @@ def test_second_run_on_same_output_fails_at_once_and_sigterm_stops_cleanly(tmp_p
 
 
 @pytest.mark.slow
-def test_ctrl_c_exits_130_and_a_stale_lock_is_taken_over(tmp_path, stages):
+def test_ctrl_c_exits_130_and_a_stale_lock_is_taken_over(tmp_path):
     inputs = make_shards(tmp_path / "in", 6, 6)
     out = tmp_path / "out"
     out.mkdir()
@@ -191,7 +145,7 @@ def test_ctrl_c_exits_130_and_a_stale_lock_is_taken_over(tmp_path, stages):
     import socket
 
     (out / "_curator.lock").write_text(f"{socket.gethostname()} {dead.pid}\n")
-    run = curator("embed", inputs, "-o", out, "--stage", f"{stages}:Shapes", "--stage-arg", "delay=0.2",
+    run = curator("embed", inputs, "-o", out, "--stage", stage_spec("ShapesOrFail"), "--stage-arg", "delay=0.2",
                   "--batch-size", "2")
     wait_for(lambda: (out / "00000.parquet").exists())
     run.send_signal(signal.SIGINT)
@@ -237,10 +191,10 @@ def bad_image_members() -> dict[str, tuple[bytes, str]]:
     }
 
 
-def test_every_bad_image_is_kept_with_a_reason(cli, tmp_path, stages):
+def test_every_bad_image_is_kept_with_a_reason(cli, tmp_path):
     members = bad_image_members()
     shard = write_tar(tmp_path / "salted.tar", [(f"{key}.png", data) for key, (data, _) in members.items()])
-    result = cli("embed", shard, "-o", tmp_path / "out", "--stage", f"{stages}:Shapes", "--max-pixels", "4000000",
+    result = cli("embed", shard, "-o", tmp_path / "out", "--stage", stage_spec("ShapesOrFail"), "--max-pixels", "4000000",
                  "--image-ext", "png")
     assert result.exit_code == 0, result.output
     rows = {r[0]: r for r in outputs(tmp_path / "out")["salted.parquet"]}
@@ -259,7 +213,7 @@ def test_every_bad_image_is_kept_with_a_reason(cli, tmp_path, stages):
 # --------------------------------------------------------------------------- 5. bad shards
 
 
-def test_bad_shards_fail_alone_with_a_reason(cli, tmp_path, stages):
+def test_bad_shards_fail_alone_with_a_reason(cli, tmp_path):
     root = tmp_path / "in"
     img2dataset_tar(root / "good.tar", 3)
     whole = img2dataset_tar(tmp_path / "whole.tar", 6).read_bytes()
@@ -269,7 +223,7 @@ def test_bad_shards_fail_alone_with_a_reason(cli, tmp_path, stages):
     write_parquet(root / "noimages.parquet", [{"key": "a", "caption": "no image column here"}])
     write_tar(root / "empty.tar", [])
     (root / "gone.tar").symlink_to(root / "missing-target.tar")
-    result = cli("embed", root, "-o", tmp_path / "out", "--stage", f"{stages}:Shapes",
+    result = cli("embed", root, "-o", tmp_path / "out", "--stage", stage_spec("ShapesOrFail"),
                  "--summary-json", tmp_path / "s.json")
     assert result.exit_code == 1, result.output
     summary = json.loads((tmp_path / "s.json").read_text())
@@ -283,26 +237,26 @@ def test_bad_shards_fail_alone_with_a_reason(cli, tmp_path, stages):
     assert summary["shards_written"] == 1 and outputs(tmp_path / "out").keys() == {"good.parquet"}
     assert not (tmp_path / "out" / "_SUCCESS").exists()
     assert "Traceback" not in result.output
-    failed = cli("embed", root, "-o", tmp_path / "out2", "--stage", f"{stages}:Shapes", "--on-error", "fail")
+    failed = cli("embed", root, "-o", tmp_path / "out2", "--stage", stage_spec("ShapesOrFail"), "--on-error", "fail")
     assert failed.exit_code == 1 and failed.output.count("failed:") == 1
 
 
 # --------------------------------------------------------------------------- 6. stage failures
 
 
-def test_setup_failure_names_the_stage(cli, tmp_path, stages):
+def test_setup_failure_names_the_stage(cli, tmp_path):
     result = cli("embed", img2dataset_tar(tmp_path / "s.tar", 1), "-o", tmp_path / "out",
-                 "--stage", f"{stages}:BrokenSetup")
+                 "--stage", stage_spec("BrokenSetup"))
     assert result.exit_code == 1
     assert "setup of stage 'broken_setup' failed: RuntimeError: weights file is corrupt" in result.output
     assert "Traceback" not in result.output
 
 
-def test_process_failure_fails_its_shard_with_traceback_in_log(cli, tmp_path, stages):
+def test_process_failure_fails_its_shard_with_traceback_in_log(cli, tmp_path):
     img2dataset_tar(tmp_path / "in" / "a.tar", 3)
     write_tar(tmp_path / "in" / "b.tar", [("ok.jpg", jpeg(1)), ("poison.jpg", jpeg(2))])
     log = tmp_path / "run.log"
-    result = cli("embed", tmp_path / "in", "-o", tmp_path / "out", "--stage", f"{stages}:Shapes",
+    result = cli("embed", tmp_path / "in", "-o", tmp_path / "out", "--stage", stage_spec("ShapesOrFail"),
                  "--stage-arg", "fail_on=poison", "--log-file", log)
     assert result.exit_code == 1
     assert "shard" in result.output and "stage 'shapes' failed: ValueError: cannot handle poison" in result.output
@@ -311,9 +265,9 @@ def test_process_failure_fails_its_shard_with_traceback_in_log(cli, tmp_path, st
     assert outputs(tmp_path / "out").keys() == {"a.parquet"}
 
 
-def test_cuda_out_of_memory_halves_the_batch(cli, tmp_path, stages):
+def test_cuda_out_of_memory_halves_the_batch(cli, tmp_path):
     img2dataset_tar(tmp_path / "s.tar", 9)
-    result = cli("embed", tmp_path / "s.tar", "-o", tmp_path / "out", "--stage", f"{stages}:SmallGpu",
+    result = cli("embed", tmp_path / "s.tar", "-o", tmp_path / "out", "--stage", stage_spec("SmallGpu"),
                  "--batch-size", "8", "--summary-json", tmp_path / "s.json")
     assert result.exit_code == 0, result.output
     rows = outputs(tmp_path / "out")["s.parquet"]
@@ -321,9 +275,9 @@ def test_cuda_out_of_memory_halves_the_batch(cli, tmp_path, stages):
     assert json.loads((tmp_path / "s.json").read_text())["stage_batch_size"] == 2
 
 
-def test_out_of_memory_at_one_image_fails_the_shard(cli, tmp_path, stages):
+def test_out_of_memory_at_one_image_fails_the_shard(cli, tmp_path):
     img2dataset_tar(tmp_path / "s.tar", 2)
-    result = cli("embed", tmp_path / "s.tar", "-o", tmp_path / "out", "--stage", f"{stages}:SmallGpu",
+    result = cli("embed", tmp_path / "s.tar", "-o", tmp_path / "out", "--stage", stage_spec("SmallGpu"),
                  "--stage-arg", "limit=0")
     assert result.exit_code == 1 and "out of memory" in result.output.lower()
 

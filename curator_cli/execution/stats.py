@@ -1,0 +1,32 @@
+"""What one worker (the local process, or one Ray actor) measured: where its time went, the error
+kinds it wrote, and what it learned about the output (dimension, the batch size that fitted).
+The run's :class:`~curator_cli.execution.summary.RunSummary` adds these up over its workers."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from curator_cli.io.writer import error_kind
+
+TIME_FIELDS = ("seconds_setup", "seconds_read", "seconds_decode", "seconds_wait_input", "seconds_stages",
+               "seconds_write")
+
+
+@dataclass
+class WorkerStats:
+    """One worker's time split, error kinds and settings learned."""
+
+    seconds_setup: float = 0.0  # the stages' setup (model load), while the first images decode
+    seconds_read: float = 0.0
+    seconds_decode: float = 0.0
+    seconds_wait_input: float = 0.0
+    seconds_stages: float = 0.0
+    seconds_write: float = 0.0
+    decode_workers_replaced: int = 0  # workers killed by a hanging or crashing image
+    errors_by_kind: dict[str, int] = field(default_factory=dict)
+    embedding_dim: int | None = None
+    stage_batch_size: int | None = None  # images per stage call that worked (smaller after CUDA OOM)
+
+    def count_error(self, error: str) -> None:
+        kind = error_kind(error)
+        self.errors_by_kind[kind] = self.errors_by_kind.get(kind, 0) + 1

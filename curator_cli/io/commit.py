@@ -1,0 +1,70 @@
+"""Atomic commits of output files: the one place that knows how a file reaches its final name.
+
+A file is written under a hidden temporary name beside its final path (``.NAME.tmp-PID``),
+fsynced, renamed into place, and its directory fsynced: a file under its final name is always
+whole. A run killed mid-write leaves only such temporaries, which :func:`clean_stale_temporaries`
+removes at the start of the next run.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+TEMP_GLOB = ".*.tmp-*"  # every name temp_path() gives, whatever the process id
+
+
+def temp_path(final_path: Path) -> Path:
+    """The hidden temporary name ``final_path`` is written under by this process."""
+    return final_path.parent / f".{final_path.name}.tmp-{os.getpid()}"
+
+
+def is_hidden(name: str) -> bool:
+    """Whether a name in an output directory is not a finished output: a temporary (``.NAME.tmp-PID``),
+    another hidden file, or a ``_`` file (``_SUCCESS``, an older version's sidecar manifest)."""
+    return name.startswith((".", "_"))
+
+
+def fsync_file(path: Path) -> None:
+    with open(path, "rb") as handle:
+        os.fsync(handle.fileno())
+
+
+def fsync_dir(directory: Path) -> None:
+    """Make a rename in ``directory`` durable; a file system that cannot fsync a directory is let be."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def commit(temp: Path, final_path: Path, sync_dir: bool = False) -> None:
+    """Move the complete file ``temp`` to ``final_path``: fsync, rename, and with ``sync_dir`` fsync the directory."""
+    fsync_file(temp)
+    os.replace(temp, final_path)
+    if sync_dir:
+        fsync_dir(final_path.parent)
+
+
+def write_atomic(path: Path, text: str, sync_dir: bool = False) -> None:
+    """Write ``text`` to ``path`` through a temporary file, as :func:`commit` moves it into place."""
+    temp = temp_path(path)
+    with open(temp, "w") as handle:
+        handle.write(text)
+    commit(temp, path, sync_dir=sync_dir)
+
+
+def clean_stale_temporaries(output_dir: Path) -> int:
+    """Remove temporary files left by a killed run (hidden ``.NAME.tmp-PID`` files)."""
+    removed = 0
+    if output_dir.is_dir():
+        for path in output_dir.rglob(TEMP_GLOB):
+            path.unlink(missing_ok=True)
+            removed += 1
+    return removed

@@ -1,0 +1,130 @@
+"""The decoders: the worker pool's per-image timeout, crash recovery and priority, and ``--decode gpu``
+(its logic around nvJPEG, run with the CPU standing in, and its error without CUDA)."""
+
+from __future__ import annotations
+
+import io
+import os
+import time
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from curator_cli.decode.pillow import DecodeOptions
+from curator_cli.decode.pool import DecodePool, cpu_wait_seconds
+
+from conftest import encode, img2dataset_tar, jpeg, synthetic_photo
+
+
+def test_gpu_decode_without_cuda_is_a_clear_error(cli, tmp_path):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    result = cli("embed", img2dataset_tar(tmp_path / "s.tar", 1), "-o", tmp_path / "out", "--decode", "gpu")
+    assert result.exit_code == 2 and "--decode gpu needs a CUDA device" in result.output
+
+
+@pytest.mark.filterwarnings("ignore:The image decoding and encoding capabilities of TorchVision:DeprecationWarning")
+def test_gpu_decoder_logic_with_the_cpu_standing_in_for_nvjpeg():
+    """What ``--decode gpu`` does around nvJPEG, run here with torchvision's CPU JPEG decoder in its
+    place (no GPU in CI): batched JPEGs become exact squares close to the CPU path's, everything
+    else (and EXIF-rotated JPEGs) falls back per image to the CPU decoder, and the pixel limit holds."""
+    import contextlib
+
+    import torch
+
+    from curator_cli.decode.pillow import decode_with
+    from curator_cli.decode.gpu import GpuDecoder
+
+    options = DecodeOptions(min_side=64, crop=True, max_pixels=200 * 200)
+    decoder = GpuDecoder(options, "cpu", stream=contextlib.nullcontext)  # torchvision's CPU decoder, no stream
+    photo = jpeg(1, (160, 96))
+    png = encode(synthetic_photo(2, (80, 120)), "PNG")
+    broken = photo[: len(photo) // 3]  # a JPEG header, then nothing decodable
+    huge = jpeg(3, (300, 200))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90 CW to view": torchvision's CUDA decoder would ignore it
+    rotated = encode(synthetic_photo(5, (120, 80)), exif=exif.tobytes())
+    results = decoder.submit([photo, png, broken, None, huge, jpeg(4, (40, 30)), rotated]).wait()
+    square = results[0]
+    assert isinstance(square, torch.Tensor) and tuple(square.shape) == (64, 64, 3) and square.dtype == torch.uint8
+    reference = decode_with(photo, options).astype(np.float32)
+    assert np.abs(square.numpy().astype(np.float32) - reference).mean() < 2  # same picture, same framing
+    assert isinstance(results[1], np.ndarray) and results[1].shape == (64, 64, 3)  # PNG: CPU fallback
+    assert isinstance(results[2], str) and results[2]  # truncated: a reason, from the CPU fallback
+    assert results[3] == "no image data"
+    assert results[4].startswith("too many pixels")
+    assert tuple(results[5].shape) == (64, 64, 3)  # smaller than the square: scaled up to it
+    assert isinstance(results[6], np.ndarray)  # EXIF-rotated: decoded (and turned upright) on the CPU
+    assert np.array_equal(results[6], decode_with(rotated, options))
+    # images of one size are resized together: the same pixels as one at a time
+    alone = decoder.submit([photo]).wait()[0]
+    together = decoder.submit([jpeg(7, (160, 96)), photo, jpeg(8, (160, 96))]).wait()
+    assert torch.equal(together[1], alone) and torch.equal(alone, square)
+    decoder.options = DecodeOptions(max_pixels=200 * 200)  # full size: H x W x 3 arrays, as decoded
+    assert decoder.submit([photo]).wait()[0].shape == (96, 160, 3)
+
+
+def _slow_png() -> bytes:
+    """A legitimately slow image: 8000 x 8000 pixels (under Pillow's limit), tiny when compressed."""
+    buffer = io.BytesIO()
+    Image.new("L", (8000, 8000), 128).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+@pytest.mark.slow
+def test_pool_times_out_one_image_and_survives_a_crash():
+    slow = _slow_png()
+    with DecodePool(2, DecodeOptions(), timeout_s=0.3) as pool:  # the slow image takes about 1 s here
+        job = pool.submit([jpeg(1), slow, jpeg(2)])
+        results = job.wait()
+        assert isinstance(results[0], np.ndarray) and isinstance(results[2], np.ndarray)
+        assert results[1] == "decode timed out after 0.3s"
+        assert pool.replaced_workers == 1
+    with DecodePool(1, DecodeOptions(), timeout_s=60) as pool:
+        job = pool.submit([slow, jpeg(3)])
+        deadline = time.monotonic() + 10
+        while pool._workers[0].progress.value != 0 and time.monotonic() < deadline:
+            time.sleep(0.005)  # until the worker is decoding the slow image
+        pool._workers[0].process.kill()  # as a segfault in a native decoder would
+        results = job.wait()
+        assert results[0].startswith("decoder crashed") and isinstance(results[1], np.ndarray)
+
+
+@pytest.mark.skipif(cpu_wait_seconds(os.getpid()) is None, reason="no /proc/PID/schedstat here")
+def test_decode_timeout_clock_stops_while_a_worker_waits_for_a_cpu():
+    """Workers beside a CPU model run at low priority and may wait long for a CPU: that wait must
+    not count as a hung decode. A niced busy process beside one busy process per core barely
+    runs, and the kernel accounts nearly all of its time as waiting."""
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("fork")
+    hogs = [ctx.Process(target=_spin, args=(0, 3.0), daemon=True) for _ in range(os.cpu_count() or 1)]
+    starved = ctx.Process(target=_spin, args=(19, 3.0), daemon=True)
+    for p in [*hogs, starved]:
+        p.start()
+    try:
+        time.sleep(0.3)
+        wait0, t0 = cpu_wait_seconds(starved.pid), time.monotonic()
+        time.sleep(1.0)
+        waited, elapsed = cpu_wait_seconds(starved.pid) - wait0, time.monotonic() - t0
+        assert waited > 0.5 * elapsed, (waited, elapsed)  # so its timeout clock advanced < half the wall time
+    finally:
+        for p in [*hogs, starved]:
+            p.kill()
+            p.join()
+
+
+def _spin(nice: int, seconds: float) -> None:
+    os.nice(nice)
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        pass
+
+
+def test_decode_workers_beside_cpu_stages_run_at_low_priority():
+    with DecodePool(1, DecodeOptions(), nice=19) as pool:
+        assert isinstance(pool.submit([jpeg(1)]).wait()[0], np.ndarray)  # the worker is up
+        assert os.getpriority(os.PRIO_PROCESS, pool._workers[0].process.pid) == min(19, os.nice(0) + 19)
