@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Literal, get_args
 
@@ -57,6 +57,7 @@ class ReadOptions:
     image_column: str | None = None
     id_column: str | None = None
     caption_column: str | None = None  # parquet: None tries ``caption``, then ``text``
+    rows_per_read: int | None = None  # parquet: rows read at a time (embed: --batch-size); None: the reader's
 
 
 @dataclass(frozen=True)
@@ -92,6 +93,7 @@ class EmbedOptions:
     decode: DecodeMode = "cpu"
     num_workers: int = field(default_factory=_default_workers)
     decode_timeout: float = 60.0
+    stage_timeout: float = 3600.0  # --stage-timeout: seconds one stage call may take; 0 = off (stages in the main thread)
     precision: Precision = "fp32"
     embedding_dtype: EmbeddingDtype = "float32"
     on_error: OnError = "continue"  # "fail": stop at the first failing shard
@@ -101,3 +103,7 @@ class EmbedOptions:
     executor: Executor = "local"
     ray_address: str | None = None  # --executor ray: the cluster to join (None: RAY_ADDRESS, else a local Ray)
     num_actors: int | None = None  # --executor ray: at most this many actors
+
+    def __post_init__(self) -> None:
+        if self.read.rows_per_read is None:  # readers hold about a batch of rows at a time, not a row group
+            self.read = replace(self.read, rows_per_read=self.batch_size)

@@ -211,3 +211,54 @@ class Hungry(ProcessingStage[ImageBatch, ImageBatch]):
             obj.embedding = torch.tensor([float(scratch.numel() > 0), 1.0])
         del scratch
         return task
+
+
+# --------------------------------------------------------------------------- stage faults (tests/execution/test_stage_faults.py)
+
+
+@dataclass
+class Misbehaves(ProcessingStage[ImageBatch, ImageBatch]):
+    """(height, width, mean pixel), except on images whose id contains a mistake's name: ``str``
+    (the embedding is a string), ``empty`` (a zero-length embedding), ``huge`` (beyond float16),
+    ``score`` (aesthetic_score is a string), ``nsfw`` (nsfw_score is a string), ``meta`` (metadata
+    is a string)."""
+    name: str = "misbehaves"
+    def process(self, task):
+        for obj in task.data:
+            h, w, _ = obj.image_data.shape
+            obj.embedding = [float(h), float(w), float(obj.image_data.mean())]
+            if "str" in obj.image_id:
+                obj.embedding = "0.1, 0.2, 0.3"
+            elif "empty" in obj.image_id:
+                obj.embedding = np.zeros(0, dtype=np.float32)
+            elif "huge" in obj.image_id:
+                obj.embedding = [1e6, 1.0, 2.0]
+            elif "score" in obj.image_id:
+                obj.aesthetic_score = "high"
+            elif "nsfw" in obj.image_id:
+                obj.nsfw_score = "0.3"
+            elif "meta" in obj.image_id:
+                obj.metadata = "not a dict"
+        return task
+
+
+@dataclass
+class ReturnsObjects(Misbehaves):
+    """Returns ``task.data``, a list of ImageObject, for a batch holding an id that contains ``on``."""
+    on: str = "bad"
+    name: str = "returns_objects"
+    def process(self, task):
+        task = super().process(task)
+        return task.data if any(self.on in obj.image_id for obj in task.data) else task
+
+
+@dataclass
+class Sleepy(Misbehaves):
+    """Sleeps ``seconds`` on a batch holding an id that contains ``on`` (on every batch when empty)."""
+    seconds: float = 0.0
+    on: str = ""
+    name: str = "sleepy"
+    def process(self, task):
+        if any(self.on in obj.image_id for obj in task.data):
+            time.sleep(self.seconds)
+        return super().process(task)

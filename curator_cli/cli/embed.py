@@ -24,8 +24,16 @@ def _setup_logging(log_file: Path | None, quiet: bool) -> None:
     logger.propagate = False
     logger.handlers.clear()
     if log_file:
-        log_file.parent.mkdir(parents=True, exist_ok=True)
-        handler = logging.FileHandler(log_file)
+        from curator_cli.io.shards import is_image_file, shard_format
+
+        if shard_format(log_file) or is_image_file(log_file):
+            raise UsageError(f"--log-file {log_file} is named like a shard or an image; name the log FILE.log")
+        try:
+            log_file.parent.mkdir(parents=True, exist_ok=True)
+            # undecodable bytes of file names (surrogateescape) are written as \xNN, never a logging error
+            handler = logging.FileHandler(log_file, encoding="utf-8", errors="backslashreplace")
+        except OSError as exc:
+            raise UsageError(f"cannot write the log file {log_file}: {exc.strerror or exc}") from None
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
         logger.addHandler(handler)
     else:
@@ -61,6 +69,10 @@ def _setup_logging(log_file: Path | None, quiet: bool) -> None:
 @click.option("--decode-timeout", type=click.FloatRange(min=0.1), default=60.0, show_default=True,
               help="Seconds one image may take to decode before it is given up as an error "
                    "(time a decode worker waits for a CPU does not count, on Linux).")
+@click.option("--stage-timeout", type=click.FloatRange(min=0), default=3600.0, show_default=True,
+              help="Seconds one stage call (one batch) may take; past it the shard fails and the run stops "
+                   "(a running stage cannot be stopped; rerun to resume). 0: no limit, stages run in the "
+                   "main thread.")
 @click.option("--precision", type=click.Choice(PRECISIONS), default=None,
               help="Autocast precision for stages that opt in (default: bf16 on CUDA and on CPUs "
                    "with native bf16, else fp32).")
@@ -83,8 +95,9 @@ def _setup_logging(log_file: Path | None, quiet: bool) -> None:
               help="Write details (stage tracebacks) to this file.")
 @click.option("-q", "--quiet", is_flag=True, help="Print nothing but errors.")
 def embed(inputs, output, stage_specs, stage_args, batch_size, device, image_ext, image_column, id_column,
-          caption_column, num_workers, decode_mode, decode_size, decode_timeout, precision, embedding_dtype, max_pixels,
-          on_error, overwrite, executor, ray_address, num_actors, summary_json, log_file, quiet) -> None:
+          caption_column, num_workers, decode_mode, decode_size, decode_timeout, stage_timeout, precision,
+          embedding_dtype, max_pixels, on_error, overwrite, executor, ray_address, num_actors, summary_json, log_file,
+          quiet) -> None:
     """Compute embeddings for every image in INPUT... and write one parquet file per shard.
 
     INPUT is any mix of .tar shards, .parquet files, directories (searched recursively; a
@@ -107,7 +120,7 @@ def embed(inputs, output, stage_specs, stage_args, batch_size, device, image_ext
     from curator_cli.execution.plan import ConfigMismatchError, plan_run
     from curator_cli.execution.processor import StageSetupError
     from curator_cli.io.lock import LockedError, OutputLock
-    from curator_cli.io.shards import ShardError, find_shards, output_paths
+    from curator_cli.io.shards import ShardError, output_paths, scan_inputs, shard_format
     from curator_cli.loading.specs import StageSpecError, load_stages
     from curator_cli.options import EmbedOptions, OptionError, ReadOptions, parse_decode_size, parse_image_exts
     from curator_cli.stages.runtime import DeviceError, default_precision, resolve_device, set_active_device
@@ -122,10 +135,16 @@ def embed(inputs, output, stage_specs, stage_args, batch_size, device, image_ext
         if decode_mode == "gpu" and not chosen_device.startswith("cuda"):
             raise DeviceError("--decode gpu needs a CUDA device, and this run uses the CPU "
                               "(no CUDA here, or --device cpu); use --decode cpu")
-        shards = find_shards(list(inputs), exclude=output)
+        scan = scan_inputs(list(inputs), exclude=output)
+        shards = scan.shards
         if not shards:
+            if any(Path(i).resolve() == output.resolve() for i in inputs):
+                raise UsageError(f"no shards found in {' '.join(inputs)}: the output directory {output} is never "
+                                 "read as input; choose another --output")
             raise UsageError(f"no shards found in {' '.join(inputs)} (looked for .tar, .parquet and image folders)")
-        output_paths(shards, output)  # checks for collisions before any work
+        output_paths(shards, output)  # collisions, and outputs that would replace inputs, before any work
+        if summary_json and (shard_format(summary_json) or summary_json.resolve() in scan.input_files()):
+            raise UsageError(f"--summary-json {summary_json} would overwrite an input; name it FILE.json")
     except (OptionError, StageSpecError, DeviceError, ShardError) as exc:
         raise UsageError(str(exc)) from None
     set_active_device(chosen_device)
@@ -140,6 +159,7 @@ def embed(inputs, output, stage_specs, stage_args, batch_size, device, image_ext
         decode=decode_mode,
         num_workers=(os.cpu_count() or 1) if num_workers is None else num_workers,
         decode_timeout=decode_timeout,
+        stage_timeout=stage_timeout,
         precision=precision or default_precision(chosen_device),
         embedding_dtype=embedding_dtype,
         on_error=on_error,
@@ -159,11 +179,19 @@ def embed(inputs, output, stage_specs, stage_args, batch_size, device, image_ext
     else:
         from curator_cli.execution.local import run_local as run
     lock = OutputLock(output)
+    started = False
     try:
         with _signals_as_exit(), lock:
-            summary = run(plan_run(shards, stages, options, specs, list(stage_args)))
-    except (LockedError, ConfigMismatchError) as exc:
+            started = True
+            summary = run(plan_run(shards, stages, options, specs, list(stage_args),
+                                   shards_missing=len(scan.missing)))
+    except (LockedError, ConfigMismatchError, ShardError) as exc:
         raise UsageError(str(exc)) from None
+    except OSError as exc:  # the output folder, its lock or _SUCCESS cannot be written (a shard's own failure is its row)
+        logging.getLogger("curator").exception("run stopped")
+        if not started:
+            raise UsageError(f"cannot write to the output directory {output}: {_os_error(exc)}") from None
+        raise UsageError(f"{_os_error(exc)}; finished shards are kept, rerun the same command to resume") from None
     except StageSetupError as exc:
         raise click.ClickException(str(exc)) from None
     except KeyboardInterrupt:
@@ -173,11 +201,20 @@ def embed(inputs, output, stage_specs, stage_args, batch_size, device, image_ext
         click.echo("curator: terminated; finished shards are kept, rerun the same command to resume", err=True)
         sys.exit(EXIT_SIGTERM)
     if summary_json:
-        summary.write_json(summary_json)
+        try:
+            summary.write_json(summary_json)
+        except OSError as exc:
+            raise UsageError(f"cannot write --summary-json: {_os_error(exc)}") from None
     if not quiet:
         click.echo(summary.text(), err=True)
     if summary.shards_failed:
         sys.exit(EXIT_SHARDS_FAILED)
+
+
+def _os_error(exc: OSError) -> str:
+    """One line for an OSError: what failed, on which path."""
+    where = f": {exc.filename}" if exc.filename else ""
+    return f"{exc.strerror or exc}{where}"
 
 
 class _Terminated(BaseException):

@@ -32,6 +32,9 @@ class DecodeJob:
         self.results: list[Any] = [None] * len(self.payloads)  # DecodeResult once done
         self.decode_seconds = 0.0
         self.error: BaseException | None = None
+        # images whose decode worker died under them once (killed from outside, e.g. by the OOM
+        # killer, or a native crash): retried once in a fresh worker; a second death fails the image
+        self.crashed: set[int] = set()
         self._done = threading.Event()
         if not self.payloads:
             self._done.set()

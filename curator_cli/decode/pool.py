@@ -5,10 +5,20 @@ Each worker holds up to two jobs, answers each with one message, and publishes i
 which image it is on. Jobs go to a worker through its own sender thread, so the dispatch thread,
 the one that drains every worker's answers and watches for hangs, never blocks on a pipe: a worker
 blocked sending a large answer is always read, whatever the payload sizes (the pipe's buffer is
-smaller than one job of small images inline, or one answer of small decoded images). An image that takes longer than the per-image timeout, or kills its worker
-(a crash in a native decoder), gets an error naming why; its worker is replaced and the rest of its
-jobs is decoded by the next free worker. Large pixel arrays come back through reusable
-shared-memory buffers, small ones through the pipe.
+smaller than one job of small images inline, or one answer of small decoded images). An image that
+takes longer than the per-image timeout gets an error naming why; its worker is replaced and the
+rest of its jobs is decoded by the next free worker. An image whose worker dies under it (killed
+from outside, as the OOM killer does, or a crash in a native decoder) is retried once in a fresh
+worker, and only a second death makes it a "decoder crashed" row. Large pixel arrays come back
+through reusable shared-memory buffers, small ones through the pipe.
+
+Workers die with their parent: on Linux the kernel sends each a SIGKILL when the thread that started
+it ends (``PR_SET_PDEATHSIG``; that thread is the one that built the pool, or the dispatch thread for
+replacements, so a ``kill -9`` of the run takes its workers with it, and none of them keeps holding
+the run's stdout or writing shared memory). A forked worker also closes its copies of the parent's
+ends of every worker pipe, so a worker never keeps another one's pipe open: elsewhere, a worker
+whose parent is gone sees the end of its pipe and stops. Shared-memory buffers of a run killed
+that way are removed by the next run (``transport.remove_orphaned_shared_memory``).
 
 When the stages compute on the same CPUs (no GPU), workers run at a low priority (nice): the model
 is what bounds such a run, so decoding should fill its idle moments, not preempt its threads. The
@@ -18,6 +28,7 @@ so a worker starved by a busy model is not taken for a hung one.
 
 from __future__ import annotations
 
+import ctypes
 import glob
 import itertools
 import multiprocessing
@@ -25,6 +36,7 @@ import os
 import queue
 import signal
 import socket
+import sys
 import threading
 import time
 from collections import deque
@@ -48,6 +60,7 @@ from curator_cli.io.readers.base import ByteRange
 from curator_cli.options import DecodeOptions
 
 READY = "ready"
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 
 def cpu_wait_seconds(pid: int) -> float | None:
@@ -60,11 +73,32 @@ def cpu_wait_seconds(pid: int) -> float | None:
         return None
 
 
+def die_with_parent(parent_pid: int) -> None:
+    """Have the kernel SIGKILL this process when the thread that started it ends, its whole process
+    included (``kill -9``); Linux only, elsewhere the end of the pipe stops an idle worker. Exits at
+    once when that parent is gone already (it died before the request took effect)."""
+    if sys.platform.startswith("linux"):
+        try:
+            ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        except (OSError, AttributeError):
+            pass
+    if os.getppid() != parent_pid:
+        os._exit(1)
+
+
 def _worker_main(conn: Connection, current: Any, progress: Any, options: DecodeOptions,
-                 shm_prefix: str | None, nice: int) -> None:
+                 shm_prefix: str | None, nice: int, parent_pid: int, inherited: list[Any]) -> None:
     """Decode jobs until told to stop. ``current`` and ``progress`` (shared memory) hold the key of
     the job being decoded and the position in it: the parent's watch on hangs and crashes, at no
-    message cost."""
+    message cost. ``inherited``: the parent's ends of the pool's pipes and sockets, copied into this
+    process by fork, closed here at once (so that this worker never keeps a pipe open, its own
+    included)."""
+    die_with_parent(parent_pid)
+    for handle in inherited:
+        try:
+            handle.close()
+        except OSError:
+            pass
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when to stop
     signal.signal(signal.SIGTERM, signal.SIG_DFL)  # not the parent's handler, when forked
     Image.MAX_IMAGE_PIXELS = options.max_pixels
@@ -102,12 +136,17 @@ _CLOSE = object()  # tells a worker's sender thread to stop
 
 
 class _Worker:
-    def __init__(self, ctx: Any, options: DecodeOptions, shm_prefix: str | None, nice: int) -> None:
+    def __init__(self, ctx: Any, options: DecodeOptions, shm_prefix: str | None, nice: int,
+                 inherited: list[Any]) -> None:
+        """``inherited``: the parent's other pipe ends and sockets a forked worker gets copies of
+        (ignored when spawned: a spawned process inherits none)."""
         self.conn, child = ctx.Pipe(duplex=True)
         self.current = ctx.RawValue("q", -1)
         self.progress = ctx.RawValue("q", -1)
+        close_in_child = [*inherited, self.conn] if ctx.get_start_method() == "fork" else []
         self.process = ctx.Process(target=_worker_main, daemon=True,
-                                   args=(child, self.current, self.progress, options, shm_prefix, nice))
+                                   args=(child, self.current, self.progress, options, shm_prefix, nice,
+                                         os.getpid(), close_in_child))
         self.process.start()
         child.close()
         self.ready = False
@@ -177,17 +216,25 @@ class DecodePool(Decoder):
         self._shm_prefix = shm_prefix(os.getpid()) if shared_memory_usable() else None
         if self._shm_prefix:
             remove_orphaned_shared_memory()
-        self._workers = [_Worker(self._ctx, options, self._shm_prefix, nice) for _ in range(workers)]
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._workers: list[_Worker] = []
+        for _ in range(workers):
+            self._workers.append(self._new_worker())
         self._pending: deque[tuple[DecodeJob, int, list[int]]] = deque()
         self._keys = 0
         self._lock = threading.Lock()
-        self._wake_r, self._wake_w = socket.socketpair()
         self._closed = False
         self.replaced_workers = 0
         self._startup_failures = 0
         self.error: BaseException | None = None
         self._thread = threading.Thread(target=self._run, name="curator-decode-dispatch", daemon=True)
         self._thread.start()
+
+    def _new_worker(self) -> _Worker:
+        """A worker; when forked, it closes its copies of the pool's other pipe ends and sockets."""
+        inherited: list[Any] = [w.conn for w in self._workers if not w.conn.closed]
+        return _Worker(self._ctx, self.options, self._shm_prefix, self.nice,
+                       [*inherited, self._wake_r, self._wake_w])
 
     def submit(self, payloads: Sequence[bytes | ByteRange | None]) -> DecodeJob:
         if self.error is not None:
@@ -242,7 +289,8 @@ class DecodePool(Decoder):
                     message = conn.recv()
                 except (EOFError, OSError):
                     worker.process.join(timeout=1)
-                    self._replace(worker, f"decoder crashed (worker exit code {worker.process.exitcode})")
+                    self._replace(worker, f"decoder crashed (worker exit code {worker.process.exitcode})",
+                                  retry=True)
                     continue
                 if message == READY:
                     worker.ready = True
@@ -282,9 +330,12 @@ class DecodePool(Decoder):
                 return
         job._finish()
 
-    def _replace(self, worker: _Worker, reason: str) -> None:
+    def _replace(self, worker: _Worker, reason: str, retry: bool = False) -> None:
         """The image ``worker`` is on gets ``reason``; the worker is replaced; the rest of its part of
-        the job (the images before that one too: their results went down with the worker) is requeued."""
+        the job (the images before that one too: their results went down with the worker) is requeued.
+        With ``retry`` (the worker died), an image the first time it is on a worker that dies is
+        requeued too, alone, instead of getting ``reason``: a worker killed from outside (the OOM
+        killer) must not cost a good image; one that kills a second worker is failed."""
         try:  # answers already in the pipe are good ones
             while worker.assigned and worker.conn.poll(0):
                 self._answer(worker, worker.conn.recv())
@@ -298,17 +349,24 @@ class DecodePool(Decoder):
         if self._startup_failures >= 3:
             raise RuntimeError("decode worker processes die before they start; try --num-workers 0")
         slot = self._workers.index(worker)
-        self._workers[slot] = _Worker(self._ctx, self.options, self._shm_prefix, self.nice)
+        self._workers[slot] = self._new_worker()
         self.replaced_workers += 1
-        requeue = []
+        requeue, suspects = [], []
         for job, key, indices in entries:
             rest = list(indices)
             if key == current and 0 <= position < len(indices):
-                job.results[indices[position]] = DecodeFailure(reason)
-                del rest[position]
+                index = rest.pop(position)
+                if retry and index not in job.crashed:
+                    job.crashed.add(index)
+                    suspects.append((job, [index]))  # alone: a second death costs it and nothing else
+                else:
+                    job.results[index] = DecodeFailure(reason)
             if rest:
                 requeue.append((job, key, rest))
         with self._lock:
+            for job, indices in suspects:
+                self._keys += 1
+                requeue.append((job, self._keys, indices))
             self._pending.extendleft(reversed(requeue))
         for job, _, _ in entries:
             self._finish_if_done(job)

@@ -10,9 +10,9 @@ from pathlib import Path
 from curator_cli.execution.stage_runner import decode_request
 from curator_cli.execution.summary import RunSummary, ShardFailure
 from curator_cli.io.commit import clean_stale_temporaries
-from curator_cli.io.manifest import SUCCESS_FILE, input_identity, read_manifest, write_success
+from curator_cli.io.manifest import SUCCESS_FILE, check_output, input_identity, write_success
 from curator_cli.io.shards import Shard, output_paths
-from curator_cli.loading.identity import stage_identity
+from curator_cli.loading.identity import is_legacy_identity, stage_identity
 from curator_cli.options import DecodeOptions, EmbedOptions
 from curator_cli.stages.base import ProcessingStage
 
@@ -65,34 +65,54 @@ def run_config(stages: list[ProcessingStage], options: EmbedOptions, decode: Dec
 
 def plan_resume(shards: list[Shard], targets: dict[Shard, Path], config: dict,
                 overwrite: bool) -> tuple[list[Shard], list[Shard]]:
-    """(shards to do, shards already done). Raises :class:`ConfigMismatchError` for outputs of another config."""
-    todo, done, mismatched = [], [], []
+    """(shards to do, shards already done). Raises :class:`ConfigMismatchError` for outputs of another config.
+
+    A shard is done when its output agrees with its manifest (``io.manifest.check_output``: the
+    footer parses and counts the rows the manifest says), the manifest's config is this run's and
+    the input is unchanged; any other output is redone. An output in which no image was embedded
+    (``list<float>``, dimension unknown) is redone too when this run has other shards to do or other
+    outputs know the dimension, so that the folder ends with one embedding type.
+    """
+    todo, done, mismatched, undimensioned = [], [], [], []
+    dimensioned = False
+    legacy = False
     for shard in shards:
-        target = targets[shard]
-        manifest = read_manifest(target)
-        if overwrite or manifest is None:
+        checked = None if overwrite else check_output(targets[shard])
+        if checked is None:
             todo.append(shard)
-        elif manifest.config != config:
+        elif not checked.manifest.matches(config):
             mismatched.append(shard)
-        elif manifest.input_identity != input_identity(shard.path):
+            legacy = legacy or any(is_legacy_identity(s) for s in checked.manifest.config.get("stages") or [])
+        elif checked.manifest.input_identity != input_identity(shard.path):
             todo.append(shard)  # the input changed since: redo it
+        elif checked.embedding_dim is None:
+            undimensioned.append(shard)
         else:
             done.append(shard)
+            dimensioned = True
     if mismatched:
         names = ", ".join(s.name for s in mismatched[:5]) + (" ..." if len(mismatched) > 5 else "")
+        why = ("; their manifests, from an earlier curator, do not record the stage's source, so they "
+               "cannot be checked" if legacy else "")
         raise ConfigMismatchError(
             f"{len(mismatched)} shard(s) in {targets[mismatched[0]].parent} were embedded with other stages or "
-            f"options ({names}); use --overwrite to redo them, or another --output"
+            f"options ({names}){why}; use --overwrite to redo them, or another --output"
         )
+    if undimensioned and (todo or dimensioned):
+        todo.extend(undimensioned)  # last: the dimension is known by then, so they need not wait for it
+    else:
+        done.extend(undimensioned)
     return todo, done
 
 
 def plan_run(shards: list[Shard], stages: list[ProcessingStage], options: EmbedOptions,
-             stage_specs: list[str] | None = None, stage_args: list[str] | None = None) -> RunPlan:
+             stage_specs: list[str] | None = None, stage_args: list[str] | None = None,
+             shards_missing: int = 0) -> RunPlan:
     """Decide decode settings and which shards are already done; clear what a killed run left.
+    ``shards_missing``: names of brace ranges that do not exist (no ``_SUCCESS`` while there are any).
     The caller holds the output lock."""
     started = time.perf_counter()
-    summary = RunSummary(output_dir=str(options.output_dir), shards_total=len(shards))
+    summary = RunSummary(output_dir=str(options.output_dir), shards_total=len(shards), shards_missing=shards_missing)
     targets = output_paths(shards, options.output_dir)
     min_side, crop = decode_request(stages, options.decode_size)
     decode = DecodeOptions(min_side=min_side, crop=crop,
@@ -108,7 +128,8 @@ def plan_run(shards: list[Shard], stages: list[ProcessingStage], options: EmbedO
 
 
 def finish_run(plan: RunPlan, outcomes: dict[str, ShardOutcome]) -> RunSummary:
-    """Fold per-shard outcomes into the summary; write ``_SUCCESS`` when every shard is done."""
+    """Fold per-shard outcomes into the summary; write ``_SUCCESS`` when every shard is done (and none
+    a brace range named is missing)."""
     summary = plan.summary
     for shard in plan.todo:
         outcome = outcomes.get(shard.name)
@@ -121,6 +142,7 @@ def finish_run(plan: RunPlan, outcomes: dict[str, ShardOutcome]) -> RunSummary:
         else:
             summary.shards_failed.append(ShardFailure(shard.name, outcome.error))
     summary.seconds = time.perf_counter() - plan.started
-    if not summary.shards_failed and summary.shards_written + summary.shards_skipped == summary.shards_total:
+    if (not summary.shards_failed and not summary.shards_missing
+            and summary.shards_written + summary.shards_skipped == summary.shards_total):
         write_success(Path(summary.output_dir))
     return summary

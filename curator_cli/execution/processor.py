@@ -1,14 +1,24 @@
 """The per-process pipeline over shards: read (feeder thread) -> decode (worker processes) ->
-stages (this thread) -> write (writer thread), overlapped, with a bounded number of batches in
+stages (the stage thread) -> write (writer thread), overlapped, with a bounded number of batches in
 flight. The local executor runs one :class:`ShardProcessor` over every shard; each Ray actor runs
-one over the shards it is handed."""
+one over the shards it is handed.
+
+The stages run in a thread of their own (:class:`StageThread`: ``setup``, every ``process`` and
+``teardown`` in that one thread, so thread-local state a stage sets up, such as the CUDA device or
+grad mode, is there when it processes), which this thread waits on: a stage call that runs longer
+than ``--stage-timeout`` fails its shard with one line. A running stage cannot be stopped (a hung
+CUDA call cannot even be interrupted), so the run then stops: finished shards are kept, the stages'
+``teardown`` is skipped, and the stuck thread is left behind for the process exit to end (exit
+status 1; rerun to resume). ``--stage-timeout 0`` runs the stages in the calling thread, as before.
+"""
 
 from __future__ import annotations
 
 import logging
+import queue
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,7 +27,7 @@ from curator_cli.decode.jobs import Decoder, InlineDecoder
 from curator_cli.decode.pool import DecodePool
 from curator_cli.execution.feeder import BatchReady, Feeder, FeederCrashed, ShardFinished, ShardOpened
 from curator_cli.execution.plan import ShardOutcome
-from curator_cli.execution.progress import report_failure
+from curator_cli.execution.progress import report_failure, set_activity
 from curator_cli.execution.stage_runner import StageContext, StageFailure, run_stages
 from curator_cli.execution.stats import WorkerStats
 from curator_cli.io.manifest import Manifest, input_identity
@@ -40,7 +50,80 @@ class StageSetupError(Exception):
 
 
 class _StopRun(Exception):
-    """``--on-error fail`` and a shard failed: stop taking events."""
+    """``--on-error fail`` and a shard failed, or a stage is stuck: stop taking events."""
+
+
+class StageTimeout(Exception):
+    """A stage call ran longer than ``--stage-timeout``; it is still running (it cannot be stopped)."""
+
+
+TEARDOWN_WAIT_S = 10.0  # after an interrupt, how long teardown waits for the batch the stages are on
+
+
+class StageThread:
+    """Runs the stages' calls one at a time in one long-lived daemon thread, so that the caller can
+    stop waiting for a call that hangs (:meth:`call`'s ``overdue``). Not ``threaded``: calls run in
+    the caller's thread, with no timeout."""
+
+    def __init__(self, threaded: bool) -> None:
+        self.threaded = threaded
+        self.stuck: str | None = None  # why the caller gave up on the call still running
+        self._calls: queue.SimpleQueue = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._current: threading.Event | None = None  # set when the last call submitted returns
+
+    @property
+    def busy(self) -> bool:
+        return self._current is not None and not self._current.is_set()
+
+    def wait_idle(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` seconds for the running call to return; True when none runs."""
+        return self._current is None or self._current.wait(timeout)
+
+    def call(self, fn: Callable[[], Any], overdue: Callable[[], str | None] | None = None) -> Any:
+        """``fn()`` in the stage thread: its result, or its exception raised here. ``overdue()`` is asked
+        while waiting: a reason (not None) gives up on the call and raises :class:`StageTimeout`."""
+        if not self.threaded:
+            return fn()
+        if self.busy:
+            raise StageTimeout(self.stuck or "the stages are busy with an earlier call")
+        self.stuck = None
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._serve, name="curator-stages", daemon=True)
+            self._thread.start()
+        done, box = threading.Event(), {}
+        self._current = done
+        self._calls.put((fn, box, done))
+        while not done.wait(0.1):
+            reason = overdue() if overdue else None
+            if reason:
+                self.stuck = reason
+                raise StageTimeout(reason)
+        if "error" in box:
+            raise box["error"]
+        return box["result"]
+
+    def close(self) -> None:
+        """End the thread (joined when idle, so that a later pool may fork again; a stuck one is left
+        to the process exit)."""
+        if self._thread is not None:
+            self._calls.put(None)
+            if not self.busy:
+                self._thread.join(timeout=5)
+            self._thread = None
+
+    def _serve(self) -> None:
+        while True:
+            item = self._calls.get()
+            if item is None:
+                return
+            fn, box, done = item
+            try:
+                box["result"] = fn()
+            except BaseException as exc:  # raised again in the caller's thread
+                box["error"] = exc
+            finally:
+                done.set()
 
 
 def setup_stages(stages: list[ProcessingStage], worker: WorkerMetadata, on_node: bool = True) -> None:
@@ -127,6 +210,9 @@ class _Run:
             log.error("shard %s: %s", key, exc, exc_info=exc.error)
             self.fail(key, str(exc))
             return
+        except StageTimeout as exc:  # the stage is still running: nothing else can run the stages now
+            self.fail(key, str(exc))
+            raise _StopRun from None
         self.writer.write(key, rows)
         self.tally(key, rows)
         if self.bar is not None:
@@ -186,6 +272,8 @@ class ShardProcessor:
         self.stats = WorkerStats()
         self._decoder: Decoder | None = None
         self._set_up = False
+        self._stage_thread = StageThread(threaded=options.stage_timeout > 0)
+        self._doing = "starting"  # what the run waits on, for the heartbeat (see activity())
 
     def start(self) -> None:
         """Start the decoders (worker processes take a moment to start; they serve every ``run``)."""
@@ -193,18 +281,59 @@ class ShardProcessor:
             self._decoder = make_decoder(self.options, self.decode)
 
     def setup(self, on_node: bool = True) -> None:
+        """``setup_on_node`` and ``setup`` of every stage, in the stage thread (no timeout: a model
+        download may take long)."""
         t0 = time.perf_counter()
-        setup_stages(self.stages, self.worker, on_node)
+        self._doing = "setting up the stages"
+        self._stage_thread.call(lambda: setup_stages(self.stages, self.worker, on_node))
         self._set_up = True
         self.stats.seconds_setup += time.perf_counter() - t0
 
     def teardown(self) -> None:
+        """The stages' ``teardown`` (in the stage thread; skipped when a stage is stuck, or still on a
+        batch :data:`TEARDOWN_WAIT_S` after an interrupt), then the decoders are stopped."""
+        stage_thread = self._stage_thread
         try:
-            teardown_stages(self.stages)
+            if not self.stages_stuck and stage_thread.wait_idle(TEARDOWN_WAIT_S):
+                started = time.monotonic()
+                timeout = self.options.stage_timeout
+                stage_thread.call(lambda: teardown_stages(self.stages), overdue=lambda: (
+                    "teardown still running" if time.monotonic() - started > timeout else None))
+            else:
+                log.warning("teardown of the stages skipped: %s", stage_thread.stuck or "a stage is still running")
+        except StageTimeout as exc:
+            log.warning("teardown of the stages given up after %gs (--stage-timeout): %s",
+                        self.options.stage_timeout, exc)
         finally:
+            stage_thread.close()
             if self._decoder is not None:
                 self._decoder.close()
                 self._decoder = None
+
+    @property
+    def stages_stuck(self) -> str | None:
+        """Why the stages cannot run now (a call given up on by ``--stage-timeout`` is still running),
+        or None. Such a processor fails every shard it is handed at once: a Ray actor in this state
+        is better ended, so that a fresh one takes its place."""
+        thread = self._stage_thread
+        return thread.stuck if thread.stuck is not None and thread.busy else None
+
+    def activity(self) -> str:
+        """What the run is waiting on, for the heartbeat: a stage (which, on what, for how long), the
+        stages' setup, input (reading and decoding), or the writer."""
+        running = self.context.running
+        if running is not None:
+            name, since = running
+            return f"waiting on stage {name!r} ({self._doing}) for {time.monotonic() - since:.0f}s"
+        return f"waiting on {self._doing}"
+
+    def _overdue(self) -> str | None:
+        """Why to give up on the stage running now, once it has run longer than ``--stage-timeout``."""
+        running, timeout = self.context.running, self.options.stage_timeout
+        if running is None or not timeout or time.monotonic() - running[1] <= timeout:
+            return None
+        return (f"stage {running[0]!r} did not return within {timeout:g}s (--stage-timeout); a running stage "
+                "cannot be stopped, so the run stops here (finished shards are kept; rerun to resume)")
 
     def run(self, shards: list[Shard], targets: dict[Shard, Path], bar: Any = None) -> dict[str, ShardOutcome]:
         """Embed ``shards``; returns each shard's outcome. A failing shard does not stop the others
@@ -219,6 +348,12 @@ class ShardProcessor:
         self.start()
         decoder = self._decoder
         assert decoder is not None
+        if self.stages_stuck:  # an earlier run gave up on a stage that is still running
+            reason = f"not run: {self.stages_stuck}"
+            for shard in shards:
+                report_failure(bar, shard.name, reason)
+            return {shard.name: ShardOutcome(error=reason) for shard in shards}
+        set_activity(bar, self.activity)
         replaced_before = decoder.replaced_workers
         feeder = Feeder(shards, options.read, decoder, options.batch_size, chunk, prefetch=2)
         run = _Run(self, shards, targets, bar)
@@ -227,6 +362,7 @@ class ShardProcessor:
             if not self._set_up:
                 feeder.start()
                 self.setup()
+            self._doing = "input (reading and decoding)"
             for event in _timed(feeder, stats):
                 if isinstance(event, FeederCrashed):
                     raise event.error
@@ -236,10 +372,12 @@ class ShardProcessor:
                     run.on_batch(event)
                 elif isinstance(event, ShardFinished):
                     run.on_finished(event)
+                self._doing = "input (reading and decoding)"
             clean_exit = True
         except _StopRun:
             clean_exit = True
         finally:
+            self._doing = "the writer (last outputs)"
             feeder.stop()
             written = run.writer.close(discard=not clean_exit)
             stats.seconds_write += run.writer.busy_seconds
@@ -251,14 +389,18 @@ class ShardProcessor:
     def run_batch(self, event: BatchReady) -> list[OutputRow]:
         """Wait for a batch's pixels, run the stages over it; its output rows, in input order."""
         stats = self.stats
+        key = event.shard.name
+        self._doing = f"decoded images of {key} batch {event.index}"
         t0 = time.perf_counter()
         decoded = event.resolve()
         stats.seconds_wait_input += time.perf_counter() - t0
         stats.seconds_decode += decoded.decode_seconds
+        self._doing = f"{key} batch {event.index}"
         t0 = time.perf_counter()
         try:
-            key = event.shard.name
-            return run_stages(self.stages, decoded, key, f"{key}:{event.index}", self.layout, self.context)
+            return self._stage_thread.call(
+                lambda: run_stages(self.stages, decoded, key, f"{key}:{event.index}", self.layout, self.context),
+                overdue=self._overdue)
         finally:
             stats.seconds_stages += time.perf_counter() - t0
 

@@ -3,11 +3,20 @@
 Also where a stage's optional capabilities are honoured: ``decode_size`` (decode no larger than
 needed), ``process_tensors`` (one uint8 tensor batch instead of a list of arrays), ``use_autocast``
 (mixed precision), and CUDA out-of-memory back-off (halve the batch and retry).
+
+And where a stage's mistakes are contained: a return value that is not an ``ImageBatch``, a list of
+them or ``None`` fails the shard (:class:`StageFailure`, one line naming the stage and what it
+returned); a value on one image that cannot be written (an embedding that is a string, empty, or
+beyond float16 with ``--embedding-dtype float16``, a score that is not a number, metadata that is
+not a dict) fails that image only (its row's ``error`` says what), and never fixes the dimension.
 """
 
 from __future__ import annotations
 
+import logging
+import time
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -17,14 +26,18 @@ from curator_cli.decode.pillow import square_crop
 from curator_cli.stages.base import ProcessingStage, apply_to_tasks
 from curator_cli.stages.runtime import precision_context
 from curator_cli.tasks import ImageBatch, ImageObject, to_vector
-from curator_cli.io.writer import OutputLayout, OutputRow
+from curator_cli.io.writer import SCORE_COLUMNS, OutputLayout, OutputRow
+
+log = logging.getLogger("curator")
+
+EXPECTED_RETURN = "an ImageBatch, a list of ImageBatch, or None"
 
 
 class StageFailure(Exception):
-    """A stage raised while processing a batch; carries the stage name."""
+    """A stage raised while processing a batch, or returned something unusable; carries the stage name."""
 
-    def __init__(self, stage_name: str, error: BaseException) -> None:
-        super().__init__(f"stage {stage_name!r} failed: {type(error).__name__}: {error}")
+    def __init__(self, stage_name: str, error: BaseException, message: str | None = None) -> None:
+        super().__init__(message or f"stage {stage_name!r} failed: {type(error).__name__}: {error}")
         self.stage_name = stage_name
         self.error = error
 
@@ -37,6 +50,7 @@ class StageContext:
     precision: str = "fp32"
     max_images: int | None = None
     squares: bool = False  # the decoders cut exact squares: stages with process_tensors get tensors
+    running: tuple[str, float] | None = None  # (stage name, time.monotonic() at its call) while one runs
 
 
 # --------------------------------------------------------------------------- decode size
@@ -103,16 +117,66 @@ def _precision(stage: ProcessingStage, context: StageContext):
     return precision_context(context.device, precision)
 
 
+def _a(noun: str) -> str:
+    return f"an {noun}" if noun[:1].lower() in "aeiou" else f"a {noun}"
+
+
+def describe_return(value: Any) -> str | None:
+    """What is wrong with a value ``process`` returned, in a few words (``a list of 4 ImageObject``);
+    None when it is an ImageBatch of ImageObjects, a list of those, or None."""
+    if value is None:
+        return None
+    if isinstance(value, list):
+        wrong = [v for v in value if not isinstance(v, ImageBatch)]
+        if wrong:
+            kinds = sorted({type(v).__name__ for v in wrong})
+            return f"a list of {len(value)} {kinds[0]}" if len(kinds) == 1 and len(wrong) == len(value) \
+                else f"a list holding {', '.join(kinds)}"
+        return next((problem for problem in map(describe_return, value) if problem), None)
+    if not isinstance(value, ImageBatch):
+        return _a(type(value).__name__)
+    if not isinstance(value.data, list):
+        return f"an ImageBatch whose data is {_a(type(value.data).__name__)}"
+    wrong_items = sorted({type(obj).__name__ for obj in value.data if not isinstance(obj, ImageObject)})
+    if wrong_items:
+        return f"an ImageBatch holding {', '.join(wrong_items)}"
+    return None
+
+
+class _InvalidReturn(TypeError):
+    """A stage returned something that is not an ImageBatch, a list of them, or None."""
+
+
+def _checked(handle):
+    """``handle`` (a stage's ``process`` or tensor path), refusing a return value the runner cannot use."""
+    def call(task: ImageBatch):
+        result = handle(task)
+        problem = describe_return(result)
+        if problem:
+            raise _InvalidReturn(f"returned {problem} ({EXPECTED_RETURN} expected)")
+        return result
+    return call
+
+
 def _call_stage(stage: ProcessingStage, tasks: list[ImageBatch], context: StageContext) -> list[ImageBatch]:
     with _precision(stage, context):
         if not (context.squares and uses_tensors(stage)):
-            return stage.process_batch(tasks)
+            if type(stage).process_batch is ProcessingStage.process_batch:  # the default: check each return
+                return apply_to_tasks(stage, tasks, _checked(stage.process))
+            results = stage.process_batch(tasks)
+            if isinstance(results, list):
+                problem = describe_return(results)
+            else:
+                problem = "None" if results is None else _a(type(results).__name__)
+            if problem:
+                raise _InvalidReturn(f"returned {problem} from process_batch (a list of ImageBatch expected)")
+            return results
         size = int(stage.decode_size)  # squares are cut only for stages that declare it
 
         def with_tensors(task: ImageBatch):
             return stage.process_tensors(pixel_tensor([obj.image_data for obj in task.data], size, context.device), task)
 
-        return apply_to_tasks(stage, tasks, with_tensors)
+        return apply_to_tasks(stage, tasks, _checked(with_tensors))
 
 
 def _survivors(tasks: list[ImageBatch], alive: dict[int, ImageObject]) -> dict[int, ImageObject]:
@@ -126,7 +190,8 @@ def _survivors(tasks: list[ImageBatch], alive: dict[int, ImageObject]) -> dict[i
         for obj in task.data:
             row = row_of.get(id(obj))
             if row is None or row in result:
-                candidates = [r for r in rows_by_id.get(obj.image_id, []) if r not in result]
+                same_id = rows_by_id.get(obj.image_id, []) if isinstance(obj.image_id, str) else []
+                candidates = [r for r in same_id if r not in result]
                 if not candidates:
                     continue  # an object the stage invented: nothing in the input to attach it to
                 row = candidates[0]
@@ -149,12 +214,17 @@ def _chain(stages: list[ProcessingStage], objects: dict[int, ImageObject], datas
     batch.task_id = task_id
     tasks, alive, filtered = [batch], objects, {}
     for stage in stages:
+        context.running = (stage.name, time.monotonic())
         try:
             tasks = _call_stage(stage, tasks, context) if tasks else []
+        except _InvalidReturn as exc:
+            raise StageFailure(stage.name, exc, f"stage {stage.name!r} {exc}") from exc
         except Exception as exc:
             if _is_out_of_memory(exc):
                 raise
             raise StageFailure(stage.name, exc) from exc
+        finally:
+            context.running = None
         after = _survivors(tasks, alive)
         for row in alive.keys() - after.keys():
             filtered[row] = f"filtered by {stage.name}"
@@ -231,22 +301,76 @@ def run_stages(
             error=sample.error or filtered.get(i),
         )
         obj = objects.get(i)
-        if obj is not None:  # what a stage added or changed; columns that pass through are not written twice
-            row.metadata = {k: v for k, v in obj.metadata.items()
-                            if not (k in sample.passthrough and sample.passthrough[k] is v)}
-            row.aesthetic_score = None if obj.aesthetic_score is None else float(obj.aesthetic_score)
-            row.nsfw_score = None if obj.nsfw_score is None else float(obj.nsfw_score)
-            if obj.embedding is None:
-                row.error = "no embedding (no stage set one)"
-            else:
-                vector = to_vector(obj.embedding)
-                if layout.dim is None:
-                    layout.dim = int(vector.shape[0])
-                if vector.shape[0] != layout.dim:
-                    row.error = f"embedding has dimension {vector.shape[0]}, expected {layout.dim}"
-                elif not np.all(np.isfinite(vector)):
-                    row.error = "embedding contains NaN or infinity"
-                else:
-                    row.embedding = vector
+        if obj is not None:
+            try:
+                _take_outputs(row, obj, sample, layout)
+            except Exception as exc:  # whatever else a stage left on an image costs that image only
+                log.exception("image %s of %s: stage output unusable", sample.image_id, shard_name)
+                row.metadata, row.aesthetic_score, row.nsfw_score, row.embedding = sample.metadata, None, None, None
+                row.error = f"stage output unusable: {type(exc).__name__}: {exc}"
         rows.append(row)
     return rows
+
+
+def _number(value: Any) -> float | None:
+    """A score as a float; None when it is not a number (a string, an array of several values...)."""
+    if isinstance(value, (str, bytes)):
+        return None
+    try:
+        return float(value)
+    except (TypeError, ValueError, RuntimeError):
+        return None
+
+
+def _vector(value: Any) -> np.ndarray | None:
+    """An embedding as a 1-D float32 array; None when it is not one (a string, a dict, ragged lists...)."""
+    if isinstance(value, (str, bytes)):
+        return None
+    try:
+        return to_vector(value)
+    except (TypeError, ValueError, RuntimeError):
+        return None
+
+
+def _take_outputs(row: OutputRow, obj: ImageObject, sample: Any, layout: OutputLayout) -> None:
+    """Copy what the stages set on ``obj`` into ``row``, or set ``row.error`` to what cannot be written
+    (the row then keeps no embedding). Only a valid, non-empty embedding fixes the run's dimension."""
+    if not isinstance(obj.metadata, dict):
+        row.error = f"stage set metadata to {_a(type(obj.metadata).__name__)}, not a dict"
+        return
+    # what a stage added or changed; columns that pass through are not written twice
+    row.metadata = {k: v for k, v in obj.metadata.items()
+                    if not (k in sample.passthrough and sample.passthrough[k] is v)}
+    for column in SCORE_COLUMNS:
+        value = getattr(obj, column)
+        score = None if value is None else _number(value)
+        if value is not None and score is None:
+            row.error = f"stage set {column} to {_a(type(value).__name__)}, not a number"
+            row.aesthetic_score = row.nsfw_score = None
+            return
+        setattr(row, column, score)
+    if obj.embedding is None:
+        row.error = "no embedding (no stage set one)"
+        return
+    vector = _vector(obj.embedding)
+    if vector is None:
+        row.error = f"stage set embedding to {_a(type(obj.embedding).__name__)}, not a vector"
+    elif vector.shape[0] == 0:
+        row.error = "stage set an empty embedding (0 values)"
+    else:
+        if layout.dim is None:
+            layout.dim = int(vector.shape[0])
+        if vector.shape[0] != layout.dim:
+            row.error = f"embedding has dimension {vector.shape[0]}, expected {layout.dim}"
+        elif not np.all(np.isfinite(vector)):
+            row.error = "embedding contains NaN or infinity"
+        elif layout.embedding_dtype == "float16" and not _fits_float16(vector):
+            row.error = "embedding out of float16 range"
+        else:
+            row.embedding = vector
+
+
+def _fits_float16(vector: np.ndarray) -> bool:
+    """True when every value stays finite as float16 (checked after the cast, as the writer casts)."""
+    with np.errstate(over="ignore"):
+        return bool(np.all(np.isfinite(vector.astype(np.float16))))

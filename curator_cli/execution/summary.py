@@ -24,6 +24,7 @@ class RunSummary(WorkerStats):
     shards_total: int = 0
     shards_written: int = 0
     shards_skipped: int = 0
+    shards_missing: int = 0  # names a brace range gave that do not exist (not counted in shards_total)
     shards_failed: list[ShardFailure] = field(default_factory=list)
     images: int = 0
     images_failed: int = 0
@@ -65,6 +66,8 @@ class RunSummary(WorkerStats):
             parts.append(f"{self.shards_skipped} already done")
         if self.shards_failed:
             parts.append(f"{len(self.shards_failed)} failed")
+        if self.shards_missing:
+            parts.append(f"{self.shards_missing} missing (named by a brace range, not there yet)")
         line = ", ".join(parts) + (
             f"; {self.images} image(s), {self.images_failed} failed, "
             f"in {self.seconds:.1f}s ({self.images_per_second:.1f} images/s) -> {self.output_dir}"

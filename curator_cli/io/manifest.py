@@ -6,6 +6,12 @@ and its manifest appear together or not at all, and the output directory holds n
 parquet files (and an empty ``_SUCCESS``), which is what polars' folder reads need (they skip no
 name prefix, only empty files). Outputs of older versions have the manifest in a sidecar
 ``_NAME.manifest.json`` instead; it is still read.
+
+A manifest is trusted only for a file that agrees with it (:func:`check_output`): the footer parses
+and the rows it counts are those the manifest says. That reads the footer only, never the data
+pages: reading every output whole at each rerun would cost as much I/O as the outputs' size, where
+the footer costs one small read per file. A file damaged inside its data pages with its footer
+intact (the disk's fault: curator commits whole files, fsynced) is not caught here.
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ from typing import Any
 
 from curator_cli import __version__
 from curator_cli.io.commit import write_atomic
+from curator_cli.loading.identity import same_config
 
 SUCCESS_FILE = "_SUCCESS"
 MANIFEST_KEY = "curator.manifest"
@@ -67,22 +74,61 @@ class Manifest:
         except OSError:
             return None
 
+    def matches(self, config: dict[str, Any]) -> bool:
+        """Whether the output was made by a run of ``config`` (an earlier version's built-in stage
+        identities count as today's: ``loading.identity``)."""
+        return same_config(self.config, config)
 
-def read_manifest(output: Path) -> Manifest | None:
-    """The manifest of the output file ``output``: from its footer, else from a sidecar (older outputs).
 
-    None when the file is missing, unreadable, or has no manifest: the shard is then not done.
+@dataclass
+class CheckedOutput:
+    """An output file that agrees with its manifest, and what its footer says of it."""
+
+    manifest: Manifest
+    embedding_dim: int | None  # None: a list<float> column (no image of its run was embedded)
+
+
+def check_output(output: Path) -> CheckedOutput | None:
+    """The output file ``output`` with its manifest (from its footer, else from an older version's
+    sidecar), if the file agrees with it.
+
+    None, and the shard is not done, when the file is missing or its footer does not parse (a
+    truncated or partial file), when it has no readable manifest, when the rows its footer counts
+    (in total and over its row groups) are not the manifest's (a file cut down or replaced since),
+    or when it has no list-typed ``embedding`` column (not an output of curator). Reads the footer
+    only: see the module docstring.
     """
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
     try:
-        metadata = pq.read_metadata(output).metadata or {}
-    except (OSError, ValueError):  # missing, or not (yet) a whole parquet file: ArrowInvalid is a ValueError
+        metadata = pq.read_metadata(output)
+        schema = metadata.schema.to_arrow_schema()
+    except (OSError, ValueError, pa.ArrowException):  # ArrowInvalid is a ValueError too
         return None
-    text = metadata.get(MANIFEST_KEY.encode())
-    if text is not None:
-        return Manifest.from_json(text)
-    return Manifest.read(manifest_path(output))
+    text = (metadata.metadata or {}).get(MANIFEST_KEY.encode())
+    manifest = Manifest.from_json(text) if text is not None else Manifest.read(manifest_path(output))
+    if manifest is None:
+        return None
+    rows = metadata.num_rows
+    if rows != manifest.rows or rows != sum(metadata.row_group(i).num_rows for i in range(metadata.num_row_groups)):
+        return None
+    index = schema.get_field_index("embedding")
+    embedding = schema.field(index).type if index >= 0 else None
+    if embedding is None or not (pa.types.is_list(embedding) or pa.types.is_fixed_size_list(embedding)):
+        return None
+    dim = embedding.list_size if pa.types.is_fixed_size_list(embedding) and embedding.list_size > 0 else None
+    return CheckedOutput(manifest, dim)
+
+
+def read_manifest(output: Path) -> Manifest | None:
+    """The manifest of the output file ``output``, if the file agrees with it (:func:`check_output`).
+
+    None when the file is missing, unreadable, has no manifest, or does not hold the rows its
+    manifest says: the shard is then not done.
+    """
+    checked = check_output(output)
+    return checked.manifest if checked is not None else None
 
 
 def write_success(output_dir: Path) -> None:

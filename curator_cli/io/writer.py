@@ -27,11 +27,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from curator_cli.io.commit import commit, is_hidden, temp_path
-from curator_cli.io.manifest import MANIFEST_KEY, Manifest, manifest_path, read_manifest
+from curator_cli.io.lock import LOCK_FILE
+from curator_cli.io.manifest import MANIFEST_KEY, Manifest, check_output, manifest_path
 
 LEADING_COLUMNS = ("image_id", "shard", "image_path", "caption", "metadata")  # strings, before the passthrough
 SCORE_COLUMNS = ("aesthetic_score", "nsfw_score")
-# Every column curator writes itself; an input column of the same name passes through as input_<name>.
+# Every column curator writes itself; an input column of the same name passes through as input_<name>
+# (input_<name>_2, ... if that is taken too: passthrough_names).
 OUTPUT_COLUMNS = (*LEADING_COLUMNS, "embedding", *SCORE_COLUMNS, "error")
 ROWS_PER_ROW_GROUP = 4096
 NO_EMBEDDING = "no embedding"
@@ -80,12 +82,43 @@ class OutputLayout:
             *(pa.field(c, pa.float32()) for c in (self.score_columns or ())),
             pa.field("error", pa.string()),
         ]
+        names = [f.name for f in fields]
+        if len(set(names)) != len(names):  # pyarrow and pandas could not read the file back: fail the shard instead
+            repeated = sorted({n for n in names if names.count(n) > 1})
+            raise ValueError(f"output column names repeat: {', '.join(repeated)} (see passthrough_names)")
         return pa.schema(fields)
 
 
 def passthrough_name(column: str) -> str:
-    """The output name of an input column that passes through: its own, unless curator writes one of that name."""
+    """The output name of an input column that passes through, on its own: its own name, unless
+    curator writes one of that name (then ``input_NAME``). A whole schema's: :func:`passthrough_names`."""
     return f"input_{column}" if column in OUTPUT_COLUMNS else column
+
+
+def passthrough_names(columns: list[str]) -> list[str]:
+    """The output names of the input columns that pass through, in their order: all distinct, none
+    a column curator writes, so every value is kept and every reader can read the file.
+
+    A column keeps its name when it can (those come first); one that curator writes becomes
+    ``input_NAME`` (:func:`passthrough_name`); a name that is then taken (by another input column,
+    or a repeated input name) gets ``_2``, ``_3``, ... Input ``error`` and ``input_error`` are
+    written as ``input_error_2`` and ``input_error``.
+    """
+    names: list[str | None] = [None] * len(columns)
+    taken = set(OUTPUT_COLUMNS)
+    for i, column in enumerate(columns):
+        if column not in taken:
+            names[i] = column
+            taken.add(column)
+    for i, column in enumerate(columns):
+        if names[i] is None:
+            base = passthrough_name(column)
+            name, n = base, 2
+            while name in taken:
+                name, n = f"{base}_{n}", n + 1
+            names[i] = name
+            taken.add(name)
+    return [name for name in names if name is not None]
 
 
 def error_kind(error: str) -> str:
@@ -109,13 +142,26 @@ def metadata_json(metadata: dict[str, Any]) -> str:
 
 
 def _embedding_array(rows: list[OutputRow], layout: OutputLayout) -> pa.Array:
-    """Every row's vector; zeros where there is none (no nulls: see the module docstring)."""
+    """Every row's vector; zeros where there is none (no nulls: see the module docstring).
+
+    The stage runner has already failed the rows whose vector is not ``dim`` finite values after the
+    cast (``execution.stage_runner``); a row that still is not (a caller that skipped it) is written
+    as a failed row, zeros and an ``error``, never as ``inf`` or a failed shard."""
     value_type = np.float16 if layout.embedding_dtype == "float16" else np.float32
     if layout.dim:
         values = np.zeros((len(rows), layout.dim), dtype=value_type)
         for i, r in enumerate(rows):
-            if r.embedding is not None:
-                values[i] = r.embedding
+            if r.embedding is None:
+                continue
+            if np.shape(r.embedding) != (layout.dim,):
+                shape = np.shape(r.embedding)
+                r.embedding, r.error = None, r.error or f"embedding has shape {shape}, expected {layout.dim}"
+                continue
+            with np.errstate(over="ignore", invalid="ignore"):
+                values[i] = r.embedding  # the cast to float16, where asked
+            if not np.all(np.isfinite(values[i])):
+                values[i] = 0
+                r.embedding, r.error = None, r.error or f"embedding out of {layout.embedding_dtype} range"
         return pa.FixedSizeListArray.from_arrays(pa.array(values.reshape(-1)), layout.dim)
     return pa.array([None] * len(rows), type=layout.embedding_type())
 
@@ -127,32 +173,40 @@ def _error(row: OutputRow) -> str | None:
     return row.error
 
 
+def _output_root(directory: Path) -> Path | None:
+    """The output folder ``directory`` lies in: the nearest folder holding the run's lock file."""
+    for folder in (directory, *directory.parents):
+        if (folder / LOCK_FILE).exists():
+            return folder
+    return None
+
+
+def _finished_outputs(targets: list[Path]):
+    """Final parquet files beside the targets first, then elsewhere under the output folder."""
+    directories = list(dict.fromkeys(t.parent for t in targets))
+    for directory in directories:
+        if directory.is_dir():
+            yield from (p for p in sorted(directory.glob("*.parquet")) if not is_hidden(p.name))
+    for root in dict.fromkeys(r for d in directories if (r := _output_root(d)) is not None):
+        for path in sorted(root.rglob("*.parquet")):
+            if path.parent not in directories and not any(is_hidden(part) for part in path.relative_to(root).parts):
+                yield path
+
+
 def dimension_beside(targets: list[Path], config: dict, limit: int = 64) -> int | None:
-    """The embedding dimension of a finished output of the same ``config`` in the targets' directories.
+    """The embedding dimension of a finished output of the same ``config`` in the output folder:
+    in the targets' directories first, then in its other subfolders.
 
     For shards in which no image was embedded, when this process has not seen the dimension yet (a
     rerun that redoes only such shards, or a Ray actor that got only those): their zeros then have
-    the same type as the rest of the directory. Looks at no more than ``limit`` files.
+    the same type as the rest of the folder. Looks at no more than ``limit`` files.
     """
-    seen = 0
-    for directory in dict.fromkeys(t.parent for t in targets):
-        if not directory.is_dir():
-            continue
-        for path in sorted(directory.glob("*.parquet")):
-            if is_hidden(path.name):
-                continue
-            seen += 1
-            if seen > limit:
-                return None
-            manifest = read_manifest(path)
-            if manifest is None or manifest.config != config:
-                continue
-            try:
-                embedding = pq.read_schema(path).field("embedding").type
-            except (OSError, ValueError, KeyError):
-                continue
-            if pa.types.is_fixed_size_list(embedding) and embedding.list_size > 0:
-                return embedding.list_size
+    for seen, path in enumerate(_finished_outputs(targets)):
+        if seen >= limit:
+            return None
+        checked = check_output(path)
+        if checked is not None and checked.embedding_dim and checked.manifest.matches(config):
+            return checked.embedding_dim
     return None
 
 
@@ -337,11 +391,11 @@ class BackgroundWriter:
             self._writers.pop(command.key).abort()
             self.outcomes[command.key] = WriteOutcome(error=command.reason)
         elif isinstance(command, _Commit):
-            self._writers.pop(command.key)
             if writer.waiting_for_dimension:
-                self._waiting.append((command.key, writer, command.manifest))
-            else:
+                self._waiting.append((command.key, self._writers.pop(command.key), command.manifest))
+            else:  # popped only once committed: a failing commit (disk full) reaches _run's abort
                 self.outcomes[command.key] = WriteOutcome(rows=writer.commit(command.manifest))
+                self._writers.pop(command.key)
 
     def _finish_all(self, discard: bool) -> None:
         for key, writer in list(self._writers.items()):

@@ -34,6 +34,12 @@ BUILT_IN_STAGES = {
 }
 
 
+# What resume needs to know of a stage beyond its class (``loading.identity``): the sha256 of a stage
+# file, on the module imported from it, and the converted ``--stage-arg`` values, on the instance.
+FILE_HASH_ATTRIBUTE = "__curator_sha256__"
+STAGE_ARGS_ATTRIBUTE = "_curator_stage_args"
+
+
 class StageSpecError(ValueError):
     """A stage spec or stage argument the user got wrong."""
 
@@ -66,19 +72,28 @@ def stage_entry_points() -> dict[str, str]:
 
 
 def _import_file(path: Path) -> types.ModuleType:
+    """Import a stage file as a module of its own, named after its path and content: an edited file
+    is imported afresh. The module carries the sha256 of the bytes it was made from (what a resume
+    compares), which are read once, so the hash is that of the code that runs."""
     if not path.is_file():
         raise StageSpecError(f"stage file {str(path)!r} not found")
+    try:
+        source = path.read_bytes()
+    except OSError as exc:
+        raise StageSpecError(f"stage file {str(path)!r} cannot be read: {exc}") from None
+    content = hashlib.sha256(source).hexdigest()
     digest = hashlib.sha1(str(path.resolve()).encode()).hexdigest()[:10]
-    module_name = f"curator_plugin_{path.stem}_{digest}"
+    module_name = f"curator_plugin_{path.stem}_{digest}_{content[:10]}"
     if module_name in sys.modules:
         return sys.modules[module_name]
     spec = importlib.util.spec_from_file_location(module_name, path)
     if spec is None or spec.loader is None:
         raise StageSpecError(f"stage file {str(path)!r} is not a Python module")
     module = importlib.util.module_from_spec(spec)
+    setattr(module, FILE_HASH_ATTRIBUTE, content)
     sys.modules[module_name] = module
     try:
-        spec.loader.exec_module(module)
+        exec(compile(source, str(path), "exec"), module.__dict__)
     except Exception as exc:
         del sys.modules[module_name]
         raise StageSpecError(f"importing stage file {str(path)!r} failed: {type(exc).__name__}: {exc}") from exc
@@ -306,9 +321,15 @@ def build_stage(cls: type[ProcessingStage], raw_args: dict[str, str]) -> Process
         hint = " ".join(f"--stage-arg {m}=..." for m in missing)
         raise StageSpecError(f"{cls.__name__} needs argument(s) {', '.join(missing)} ({hint})")
     try:
-        return cls(**kwargs)
+        stage = cls(**kwargs)
     except Exception as exc:
         raise StageSpecError(f"{cls.__name__} rejected its arguments: {type(exc).__name__}: {exc}") from exc
+    if not dataclasses.is_dataclass(stage):  # a dataclass's fields say it already
+        try:  # the arguments as converted, for the stage's identity (loading.identity)
+            object.__setattr__(stage, STAGE_ARGS_ATTRIBUTE, dict(kwargs))
+        except (AttributeError, TypeError):  # __slots__ without room for it: its defaults stand in
+            pass
+    return stage
 
 
 def load_stages(specs: list[str], arg_pairs: list[str]) -> list[ProcessingStage]:

@@ -114,7 +114,7 @@ def test_kill_9_then_rerun_gives_the_uninterrupted_output(tmp_path):
 
 @pytest.mark.slow
 def test_second_run_on_same_output_fails_at_once_and_sigterm_stops_cleanly(tmp_path):
-    inputs = make_shards(tmp_path / "in", 8, 6)
+    inputs = make_shards(tmp_path / "in", 24, 6)  # ~30 s of work: still running when SIGTERM comes
     out = tmp_path / "out"
     common = ["--stage", stage_spec("ShapesOrFail"), "--stage-arg", "delay=0.4", "--batch-size", "2"]
     first = curator("embed", inputs, "-o", out, *common)

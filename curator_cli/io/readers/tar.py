@@ -1,18 +1,51 @@
-"""WebDataset / img2dataset tar shards: consecutive members sharing a key form one sample."""
+"""WebDataset / img2dataset tar shards: consecutive members sharing a key form one sample.
+
+Every member that could be part of a sample is accounted for:
+
+- a hard link (and a symlink whose target is an earlier member of the same tar) is read as the
+  member it points to;
+- a member that cannot hold data (a symlink out of the tar or to a later member, a device, a FIFO,
+  a directory named like a sample member) stays in its sample as :class:`Unusable`, so a sample with
+  no usable image is an error row (``tar member is a symlink, not a file: KEY.jpg -> TARGET``) rather
+  than gone. Plain directory entries (no extension, as ``tar -c folder/`` writes them) are not samples;
+- a key seen before in the shard (the same key and extension again in a run of members, or the key
+  again after another key) starts a new sample, which :func:`samples_of_groups` writes as an error
+  row ``duplicate key in shard: KEY``, with that same ``image_id``: the first occurrence is embedded,
+  every later one is accounted for but not embedded, so ids are unique among the rows whose
+  ``error`` is null. WebDataset itself raises on the first case and silently repeats the key on the
+  second;
+- member names that are not valid UTF-8 are read with ``surrogateescape`` and written with each
+  undecodable byte as ``%XX`` (:func:`~curator_cli.io.readers.base.valid_text`).
+"""
 
 from __future__ import annotations
 
+import bz2
+import gzip
 import json
+import lzma
 import posixpath
 import tarfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import BinaryIO
 
-from curator_cli.io.readers.base import ByteRange, ReadOptions, Sample, ShardReadError, payload_bytes
+from curator_cli.io.readers.base import (
+    ByteRange,
+    ReadOptions,
+    Sample,
+    ShardReadError,
+    Unusable,
+    payload_bytes,
+    valid_text,
+)
 from curator_cli.io.readers.img2dataset import sidecar_failures
 from curator_cli.io.shards import sidecar_parquet
 
 INLINE_BYTES = 16 << 10  # members up to this size are read here; larger ones by the decoders
+NAME_ENCODING = "utf-8"  # tar member names: UTF-8, undecodable bytes kept as surrogates (see valid_text)
+
+Payload = bytes | ByteRange | Unusable
 
 
 def split_member_name(name: str) -> tuple[str, str]:
@@ -24,6 +57,7 @@ def split_member_name(name: str) -> tuple[str, str]:
 
 
 COMPRESSED_MAGIC = (b"\x1f\x8b", b"BZh", b"\xfd7zXZ")
+_DECOMPRESSORS = {b"\x1f\x8b": gzip.open, b"BZh": bz2.open, b"\xfd7zXZ": lzma.open}
 END_OF_ARCHIVE = 1024  # two zero blocks close every complete tar
 
 
@@ -46,31 +80,100 @@ def _headers(archive: tarfile.TarFile) -> Iterator[tarfile.TarInfo]:
         yield info
 
 
-def iter_tar_groups(path: Path) -> Iterator[tuple[str, dict[str, bytes | ByteRange]]]:
+_NOT_FILES = {
+    tarfile.SYMTYPE: "symlink",
+    tarfile.CHRTYPE: "character device",
+    tarfile.BLKTYPE: "block device",
+    tarfile.FIFOTYPE: "FIFO",
+    tarfile.DIRTYPE: "directory",
+}
+
+
+class _Links:
+    """Where the data of each regular member seen so far lies, so that a hard link (or a symlink to
+    an earlier member) reads its target's bytes. One small entry per member: (offset, size)."""
+
+    def __init__(self, path: Path, magic: bytes) -> None:
+        self.path = path
+        self.magic = magic
+        self.compressed = magic.startswith(COMPRESSED_MAGIC)
+        self._data: dict[str, tuple[int, int]] = {}
+        self._stream: BinaryIO | None = None  # compressed tars: a second decompressing reader
+
+    def add(self, name: str, offset: int, size: int) -> None:
+        self._data[posixpath.normpath(name)] = (offset, size)
+
+    def find(self, name: str) -> tuple[int, int] | None:
+        return self._data.get(posixpath.normpath(name))
+
+    def payload(self, info: tarfile.TarInfo) -> Payload:
+        """The payload of link member ``info``: its target's bytes, or why it has none."""
+        name = valid_text(info.name)
+        target_text = valid_text(info.linkname)
+        if info.issym():
+            if info.linkname.startswith("/"):
+                return Unusable(f"tar member is a symlink, not a file: {name} -> {target_text} (absolute)")
+            target = posixpath.join(posixpath.dirname(info.name), info.linkname)
+        else:
+            target = info.linkname
+        found = self.find(target)
+        if found is None:
+            what = "symlink, not a file" if info.issym() else "hard link to no earlier member"
+            return Unusable(f"tar member is a {what}: {name} -> {target_text} (not an earlier member of this tar)")
+        self.add(info.name, *found)  # a link to this link finds the same data
+        offset, size = found
+        if not self.compressed:
+            return ByteRange(str(self.path), offset, size)
+        if self._stream is None:
+            self._stream = _DECOMPRESSORS[next(m for m in COMPRESSED_MAGIC if self.magic.startswith(m))](self.path)
+        self._stream.seek(offset)  # forward from the last link's target, or from the start if behind
+        return self._stream.read(size)
+
+    def close(self) -> None:
+        if self._stream is not None:
+            self._stream.close()
+
+
+def iter_tar_groups(path: Path) -> Iterator[tuple[str, dict[str, Payload]]]:
     """(key, {extension: payload}) for each run of consecutive members with the same key, streaming.
+    A member whose key and extension are already in the run starts a new run (a repeated key).
 
     In an uncompressed tar, members larger than ``INLINE_BYTES`` are not read here: their payload is
     a :class:`ByteRange` the decoder reads. Compressed tars are read as a stream, bytes and all.
+    Hard links and symlinks to earlier members carry their target's payload; members that cannot
+    hold data carry an :class:`Unusable` (see the module docstring).
     """
     current_key: str | None = None
-    members: dict[str, bytes | ByteRange] = {}
-    compressed = _magic(path).startswith(COMPRESSED_MAGIC)
+    members: dict[str, Payload] = {}
+    magic = _magic(path)
+    compressed = magic.startswith(COMPRESSED_MAGIC)
+    links = _Links(path, magic)
     try:
-        with open(path, "rb") as raw, tarfile.open(fileobj=raw, mode="r|*" if compressed else "r:") as archive:
+        with open(path, "rb") as raw, tarfile.open(fileobj=raw, mode="r|*" if compressed else "r:",
+                                                   encoding=NAME_ENCODING, errors="surrogateescape") as archive:
             for info in archive if compressed else _headers(archive):
-                if not info.isfile():
-                    continue
-                base = posixpath.basename(info.name)
+                base = posixpath.basename(info.name.rstrip("/"))
                 if base.startswith("__") or base.startswith("."):
                     continue
-                key, ext = split_member_name(info.name)
-                payload: bytes | ByteRange
-                if not compressed and info.size > INLINE_BYTES:
-                    payload = ByteRange(str(path), info.offset_data, info.size)
+                key, ext = split_member_name(info.name.rstrip("/"))
+                payload: Payload
+                if info.isfile():
+                    links.add(info.name, info.offset_data, info.size)
+                    if not compressed and info.size > INLINE_BYTES and not info.issparse():
+                        payload = ByteRange(str(path), info.offset_data, info.size)
+                    else:
+                        handle = archive.extractfile(info)
+                        payload = handle.read() if handle is not None else b""
+                elif info.islnk() or (info.issym() and ext):
+                    payload = links.payload(info)
+                elif info.isdir() and not ext:
+                    continue  # a folder entry, not a sample member
+                elif info.issym() and not ext:
+                    continue  # a symlink to a folder, as tar -c writes them
                 else:
-                    handle = archive.extractfile(info)
-                    payload = handle.read() if handle is not None else b""
-                if key != current_key:
+                    what = _NOT_FILES.get(info.type, f"member of type {info.type!r}")
+                    payload = Unusable(f"tar member is a {what}, not a file: {valid_text(info.name)}")
+                if key != current_key or ext in members:
                     if current_key is not None:
                         yield current_key, members
                     current_key, members = key, {}
@@ -80,7 +183,9 @@ def iter_tar_groups(path: Path) -> Iterator[tuple[str, dict[str, bytes | ByteRan
     except (tarfile.TarError, EOFError, OSError, ValueError) as exc:
         if current_key is not None:
             yield current_key, members
-        raise ShardReadError(f"corrupt or truncated tar: {exc}") from exc
+        raise ShardReadError(f"corrupt or truncated tar: {valid_text(str(exc))}") from exc
+    finally:
+        links.close()
     if current_key is not None:
         yield current_key, members
 
@@ -90,38 +195,54 @@ def _magic(path: Path) -> bytes:
         return handle.read(6)
 
 
-def _decode_text(payload: bytes | ByteRange) -> str:
-    return payload_bytes(payload).decode("utf-8", errors="replace").strip()
+def _decode_text(payload: Payload) -> str:
+    return (payload_bytes(payload) or b"").decode("utf-8", errors="replace").strip()
 
 
-def sample_from_members(key: str, members: dict[str, bytes | ByteRange], location: str,
+def _valid_json(parsed: object) -> object:
+    """``parsed`` with any lone surrogate (``"\\ud800"`` is valid JSON) replaced, so it can be written as UTF-8."""
+    text = json.dumps(parsed, ensure_ascii=False)
+    try:
+        text.encode("utf-8")
+        return parsed
+    except UnicodeEncodeError:
+        return json.loads(text.encode("utf-8", "surrogatepass").decode("utf-8", "replace"))
+
+
+def sample_from_members(key: str, members: dict[str, Payload], location: str,
                         options: ReadOptions) -> Sample:
     """One WebDataset-style sample: the image chosen by ``options.image_exts``, caption from .txt,
-    metadata from .json. ``location`` is the tar or folder the members are in (for ``image_path``)."""
-    image_ext = next((ext for ext in options.image_exts if ext in members), None)
+    metadata from .json. ``location`` is the tar or folder the members are in (for ``image_path``).
+    The image is the first member of those extensions that holds data; if the only ones there are
+    :class:`Unusable`, the sample is an error row with the first one's reason."""
+    usable = {ext: payload for ext, payload in members.items() if not isinstance(payload, Unusable)}
+    image_ext = next((ext for ext in options.image_exts if ext in usable), None)
     metadata: dict = {}
     error = None
-    if "json" in members:
+    if "json" in usable:
         try:
-            parsed = json.loads(payload_bytes(members["json"]) or b"{}")
-            metadata = parsed if isinstance(parsed, dict) else {"json": parsed}
+            parsed = json.loads(payload_bytes(usable["json"]) or b"{}")
+            metadata = _valid_json(parsed if isinstance(parsed, dict) else {"json": parsed})
         except (json.JSONDecodeError, UnicodeDecodeError):
-            metadata = {"json_text": _decode_text(members["json"])}
+            metadata = {"json_text": _decode_text(usable["json"])}
         except OSError:
             metadata = {}
     caption = None
-    if "txt" in members:
+    if "txt" in usable:
         try:
-            caption = _decode_text(members["txt"])
+            caption = _decode_text(usable["txt"])
         except OSError:
             caption = None
-    if image_ext is None:
-        found = ", ".join(sorted(members)) or "none"
+    unusable_image = next((members[ext] for ext in options.image_exts if ext in members), None)
+    if image_ext is None and isinstance(unusable_image, Unusable):
+        error = unusable_image.reason
+    elif image_ext is None:
+        found = ", ".join(sorted(valid_text(ext) for ext in members)) or "none"
         error = f"no image member (wanted {'/'.join(options.image_exts)}; found {found})"
     return Sample(
-        image_id=key,
-        image_path=f"{location}/{key}.{image_ext or options.image_exts[0]}",
-        data=members.get(image_ext) if image_ext else None,
+        image_id=valid_text(key),
+        image_path=valid_text(f"{location}/{key}.{image_ext or options.image_exts[0]}"),
+        data=usable.get(image_ext) if image_ext else None,
         caption=caption,
         metadata=metadata,
         error=error,
@@ -130,12 +251,19 @@ def sample_from_members(key: str, members: dict[str, bytes | ByteRange], locatio
 
 def samples_of_groups(groups: Iterator[tuple[str, dict]], path: Path, options: ReadOptions) -> Iterator[Sample]:
     """A sample per key's members (:func:`sample_from_members`), then the samples img2dataset failed
-    to fetch (listed only in the shard's sidecar ``NNNNN.parquet``, when there is one) as error rows."""
+    to fetch (listed only in the shard's sidecar ``NNNNN.parquet``, when there is one) as error rows.
+    A key seen before in the shard is an error row ``duplicate key in shard`` (its caption and
+    metadata kept, its image not embedded), so every occurrence has a row and ids stay unique among
+    the embedded ones."""
     seen: set[str] = set()
     for key, members in groups:
-        seen.add(key)
-        yield sample_from_members(key, members, str(path), options)
-    yield from sidecar_failures(sidecar_parquet(path), seen, options, str(path))
+        sample = sample_from_members(key, members, str(path), options)
+        if sample.image_id in seen:
+            sample.data = None
+            sample.error = f"duplicate key in shard: {sample.image_id} (an earlier sample has this key)"
+        seen.add(sample.image_id)
+        yield sample
+    yield from sidecar_failures(sidecar_parquet(path), seen, options, valid_text(str(path)))
 
 
 def read_tar(path: Path, options: ReadOptions) -> Iterator[Sample]:
