@@ -118,14 +118,16 @@ def assert_same_vectors(ours: np.ndarray, reference: np.ndarray) -> None:
 WATCHDOG_S = 60
 
 
-def run_with_watchdog(*args: str) -> subprocess.CompletedProcess:
-    """``curator embed ...`` in its own process group, killed whole if it outlives the watchdog."""
-    process = subprocess.Popen([sys.executable, "-m", "curator_cli.cli", *args], stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, text=True, start_new_session=True)
+def run_with_watchdog(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    """``curator ARGS...`` (stderr not a terminal) in its own process group, killed whole if it
+    outlives the watchdog: a hang fails the test instead of hanging CI. ``env`` adds variables."""
+    process = subprocess.Popen([sys.executable, "-m", "curator_cli.cli", *map(str, args)], stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True, start_new_session=True,
+                               env={**os.environ, **(env or {})})
     try:
         out, err = process.communicate(timeout=WATCHDOG_S)
     except subprocess.TimeoutExpired:
         os.killpg(process.pid, signal.SIGKILL)
         process.communicate()
-        pytest.fail(f"curator embed {' '.join(args)} hung for {WATCHDOG_S} s (decode transport deadlock)")
+        pytest.fail(f"curator {' '.join(map(str, args))} still running after {WATCHDOG_S} s (a hang)")
     return subprocess.CompletedProcess(process.args, process.returncode, out, err)

@@ -30,6 +30,7 @@ from functools import lru_cache
 from pathlib import Path
 
 from curator_cli.io.manifest import MANIFEST_KEY, manifest_path
+from curator_cli.io.names import valid_text
 
 TAR_SUFFIXES = (".tar", ".tar.gz", ".tgz")
 PARQUET_SUFFIXES = (".parquet",)
@@ -39,21 +40,6 @@ STATS_SUFFIX = "_stats.json"  # img2dataset's per-shard statistics, beside each 
 
 class ShardError(ValueError):
     """An INPUT that names nothing usable."""
-
-
-def printable(text: str) -> str:
-    """``text`` as valid UTF-8: a byte a file name could not be decoded from (``os``'s
-    ``surrogateescape`` turns byte 0xXX into U+DCXX) becomes ``%XX``, as the readers write such
-    names (``io.readers.base.valid_text``); any other lone surrogate U+FFFD."""
-    try:
-        text.encode("utf-8")
-        return text
-    except UnicodeEncodeError:
-        pass
-    return "".join(
-        (f"%{ord(c) - 0xDC00:02X}" if 0xDC80 <= ord(c) <= 0xDCFF else "\ufffd") if 0xD800 <= ord(c) <= 0xDFFF else c
-        for c in text
-    )
 
 
 @dataclass(frozen=True)
@@ -70,7 +56,7 @@ class Shard:
     @property
     def name(self) -> str:
         """The shard's path as text, always valid UTF-8 (:func:`printable`)."""
-        return printable(str(self.path))
+        return valid_text(str(self.path))
 
 
 def shard_format(path: Path) -> str | None:
@@ -216,7 +202,7 @@ def is_curator_output(path: Path) -> bool:
 
 
 def _names(paths: list[Path], limit: int = 3) -> str:
-    shown = ", ".join(printable(str(p)) for p in paths[:limit])
+    shown = ", ".join(valid_text(str(p)) for p in paths[:limit])
     return shown + (", ..." if len(paths) > limit else "")
 
 
@@ -249,7 +235,7 @@ class InputScan:
                          f"({_names(self.special)})")
         line = "skipped " + " and ".join(parts) if parts else ""
         if self.missing:
-            shown = ", ".join(printable(m) for m in self.missing[:3]) + (", ..." if len(self.missing) > 3 else "")
+            shown = ", ".join(valid_text(m) for m in self.missing[:3]) + (", ..." if len(self.missing) > 3 else "")
             line += ("; " if line else "") + f"{len(self.missing)} shard(s) of brace ranges do not exist ({shown})"
         return line
 
@@ -425,13 +411,13 @@ def scan_inputs(inputs: list[str], exclude: Path | None = None) -> InputScan:
                         found.append(Shard(path, shard_format(path), base_of_pattern))
                 elif kind == "special":
                     if not is_glob:
-                        raise ShardError(f"input {printable(match)!r} is not a regular file "
+                        raise ShardError(f"input {valid_text(match)!r} is not a regular file "
                                          "(a FIFO, socket or device): only files can be shards")
                     scan.special.append(path)
                 elif braced and not is_glob:
                     missing.append(match)
                 elif not is_glob:
-                    raise ShardError(f"input {printable(match)!r} does not exist")
+                    raise ShardError(f"input {valid_text(match)!r} does not exist")
             if is_glob and len(found) == before and images:
                 raise ShardError(
                     f"input {pattern!r} matches single images: pass their directory to embed a folder of images"
@@ -488,7 +474,7 @@ def relative_output(shard: Shard) -> Path:
     rel = Path(os.path.relpath(path, base))
     if not rel.parts or rel.parts == (".",) or ".." in rel.parts:
         rel = Path(os.path.basename(path))
-    parts = [printable(p) for p in rel.parts]
+    parts = [valid_text(p) for p in rel.parts]
     return Path(*parts[:-1], _output_stem(shard, parts[-1]) + ".parquet")
 
 
@@ -503,23 +489,23 @@ def _refuse_target(target: Path, shard: Shard, inputs: dict[Path, str]) -> str |
     for suffix in TAR_SUFFIXES:
         beside = target.parent / f"{stem}{suffix}"
         if os.path.lexists(beside):
-            return (f"the output of {shard.name!r} would be {printable(str(target))!r}, img2dataset's sidecar "
-                    f"name for {printable(str(beside))!r} beside it; choose another --output")
+            return (f"the output of {shard.name!r} would be {valid_text(str(target))!r}, img2dataset's sidecar "
+                    f"name for {valid_text(str(beside))!r} beside it; choose another --output")
     if (target.parent / stem).is_dir() and is_files_layout(target.parent / stem):
-        return (f"the output of {shard.name!r} would be {printable(str(target))!r}, the sidecar of the "
+        return (f"the output of {shard.name!r} would be {valid_text(str(target))!r}, the sidecar of the "
                 f"img2dataset folder beside it; choose another --output")
     if not os.path.lexists(target):
         return None
     kind = file_kind(target)
     if kind != "file" or os.path.islink(target):
-        return f"the output of {shard.name!r} would replace {printable(str(target))!r}, which is no plain file"
+        return f"the output of {shard.name!r} would replace {valid_text(str(target))!r}, which is no plain file"
     try:
         with open(target, "rb") as handle:
             head = handle.read(4)
     except OSError as exc:
-        return f"cannot read {printable(str(target))!r}: {exc.strerror or exc}"
+        return f"cannot read {valid_text(str(target))!r}: {exc.strerror or exc}"
     if (head and head != b"PAR1") or (footer_has_manifest(target) is False and not manifest_path(target).is_file()):
-        return (f"the output of {shard.name!r} would replace {printable(str(target))!r}, which curator did not "
+        return (f"the output of {shard.name!r} would replace {valid_text(str(target))!r}, which curator did not "
                 "write (no curator.manifest); move it or choose another --output")
     return None
 
@@ -543,7 +529,7 @@ def output_paths(shards: list[Shard], output_dir: Path) -> dict[Shard, Path]:
     for shard in shards:
         sidecar = sidecar_parquet(shard.path) if shard.format in ("tar", "files") else None
         if sidecar is not None:
-            inputs.setdefault(sidecar.resolve(), f"{printable(str(sidecar))!r} (img2dataset's sidecar of {shard.name!r})")
+            inputs.setdefault(sidecar.resolve(), f"{valid_text(str(sidecar))!r} (img2dataset's sidecar of {shard.name!r})")
     for shard in shards:
         target = out_root / relative_output(shard)
         if out_root not in target.parents:
@@ -551,7 +537,7 @@ def output_paths(shards: list[Shard], output_dir: Path) -> dict[Shard, Path]:
         if target in taken:
             raise ShardError(
                 f"shards {taken[target].name!r} and {shard.name!r} would both be written to "
-                f"{printable(str(target))} (outputs are named relative to the INPUT that names each shard)"
+                f"{valid_text(str(target))} (outputs are named relative to the INPUT that names each shard)"
             )
         reason = _refuse_target(target, shard, inputs)
         if reason:

@@ -7,36 +7,21 @@ test instead of hanging CI. The stages are in ``tests/stages_for_tests.py`` (``M
 
 from __future__ import annotations
 
-import os
 import re
-import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-import pytest
 
-from conftest import jpeg, stage_spec, write_tar
-
-WATCHDOG_S = 60
+from conftest import jpeg, run_with_watchdog, stage_spec, write_tar
 
 
 def embed(*args, env: dict | None = None) -> subprocess.CompletedProcess:
-    """``python -m curator_cli.cli embed ...`` (stderr not a terminal), killed whole if it outlives the watchdog."""
-    process = subprocess.Popen([sys.executable, "-m", "curator_cli.cli", "embed", *map(str, args)],
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
-                               env={**os.environ, **(env or {})})
-    try:
-        out, err = process.communicate(timeout=WATCHDOG_S)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        process.communicate()
-        pytest.fail(f"curator embed {' '.join(map(str, args))} still running after {WATCHDOG_S} s")
-    return subprocess.CompletedProcess(process.args, process.returncode, out, err)
+    """``python -m curator_cli.cli embed ...`` under the watchdog (stderr not a terminal)."""
+    return run_with_watchdog("embed", *args, env=env)
 
 
 def shard(path: Path, ids: list[str]) -> Path:

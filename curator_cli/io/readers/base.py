@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from curator_cli.io.names import valid_text
 from curator_cli.options import ReadOptions
 
 __all__ = ["ByteRange", "ReadOptions", "Sample", "ShardReadError", "Unusable", "payload_bytes", "status_error",
@@ -43,26 +44,6 @@ def payload_bytes(payload: bytes | ByteRange | Unusable | None) -> bytes | None:
     if isinstance(payload, Unusable):
         return None
     return payload.read() if isinstance(payload, ByteRange) else payload
-
-
-def valid_text(text: str) -> str:
-    """``text`` as valid UTF-8: the bytes a name could not be decoded from (tarfile's and ``os``'s
-    ``surrogateescape`` turns byte 0xXX into U+DCXX) become ``%XX``; any other lone surrogate U+FFFD.
-
-    So a member named ``caf\\xe9.jpg`` (Latin-1) has the id ``caf%E9``: readable, and distinct from
-    ``café`` and from other undecodable names. Text that is valid already is returned as it is.
-    """
-    if text.isascii():
-        return text
-    try:
-        text.encode("utf-8")
-        return text
-    except UnicodeEncodeError:
-        pass
-    return "".join(
-        (f"%{ord(c) - 0xDC00:02X}" if 0xDC80 <= ord(c) <= 0xDCFF else "\ufffd") if 0xD800 <= ord(c) <= 0xDFFF else c
-        for c in text
-    )
 
 
 def status_error(status: Any, message: Any = None) -> str:
