@@ -262,3 +262,19 @@ class Sleepy(Misbehaves):
         if any(self.on in obj.image_id for obj in task.data):
             time.sleep(self.seconds)
         return super().process(task)
+
+
+@dataclass
+class BusyCpu(ProcessingStage[ImageBatch, ImageBatch]):
+    """Keeps the CPU busy for ``seconds`` per batch (its own compute), then sets a 1-d embedding."""
+
+    seconds: float = 0.5
+    name: str = "busy_cpu"
+
+    def process(self, task):
+        end = time.thread_time() + self.seconds
+        while time.thread_time() < end:
+            pass
+        for obj in task.data:
+            obj.embedding = [float(obj.image_data.mean())]
+        return task

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from curator_cli.execution.stage_runner import decode_request
+from curator_cli.execution.stats import process_age_seconds
 from curator_cli.execution.summary import RunSummary, ShardFailure
 from curator_cli.io.commit import clean_stale_temporaries
 from curator_cli.io.manifest import SUCCESS_FILE, check_output, input_identity, write_success
@@ -142,6 +143,7 @@ def finish_run(plan: RunPlan, outcomes: dict[str, ShardOutcome]) -> RunSummary:
         else:
             summary.shards_failed.append(ShardFailure(shard.name, outcome.error))
     summary.seconds = time.perf_counter() - plan.started
+    summary.process_seconds = process_age_seconds()
     if (not summary.shards_failed and not summary.shards_missing
             and summary.shards_written + summary.shards_skipped == summary.shards_total):
         write_success(Path(summary.output_dir))

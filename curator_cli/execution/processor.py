@@ -29,7 +29,7 @@ from curator_cli.execution.feeder import BatchReady, Feeder, FeederCrashed, Shar
 from curator_cli.execution.plan import ShardOutcome
 from curator_cli.execution.progress import report_failure, set_activity
 from curator_cli.execution.stage_runner import StageContext, StageFailure, run_stages
-from curator_cli.execution.stats import WorkerStats
+from curator_cli.execution.stats import WorkerStats, process_cpu_seconds
 from curator_cli.io.manifest import Manifest, input_identity
 from curator_cli.io.shards import Shard
 from curator_cli.io.writer import SCORE_COLUMNS, BackgroundWriter, OutputLayout, OutputRow
@@ -358,10 +358,12 @@ class ShardProcessor:
         feeder = Feeder(shards, options.read, decoder, options.batch_size, chunk, prefetch=2)
         run = _Run(self, shards, targets, bar)
         clean_exit = False
+        cpu0 = stage_cpu0 = None
         try:
             if not self._set_up:
                 feeder.start()
                 self.setup()
+            cpu0, stage_cpu0 = process_cpu_seconds(), self.context.stage_cpu_seconds  # past the model load
             self._doing = "input (reading and decoding)"
             for event in _timed(feeder, stats):
                 if isinstance(event, FeederCrashed):
@@ -380,6 +382,9 @@ class ShardProcessor:
             self._doing = "the writer (last outputs)"
             feeder.stop()
             written = run.writer.close(discard=not clean_exit)
+            if cpu0 is not None:
+                stats.main_cpu_seconds += ((process_cpu_seconds() - cpu0)
+                                           - (self.context.stage_cpu_seconds - stage_cpu0))
             stats.seconds_write += run.writer.busy_seconds
             stats.decode_workers_replaced += decoder.replaced_workers - replaced_before
             stats.embedding_dim = self.layout.dim

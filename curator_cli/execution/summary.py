@@ -29,7 +29,8 @@ class RunSummary(WorkerStats):
     images: int = 0
     images_failed: int = 0
     decode_min_side: int | None = None  # None: full-size decode
-    seconds: float = 0.0
+    seconds: float = 0.0  # the run's span: from planning to the last output
+    process_seconds: float | None = None  # the whole process so far (start-up and imports too), where known
     workers: list[dict] = field(default_factory=list)  # per Ray actor: shards, images, images/s
 
     @property
@@ -41,15 +42,23 @@ class RunSummary(WorkerStats):
         for name in TIME_FIELDS:
             setattr(self, name, getattr(self, name) + getattr(stats, name))
         self.decode_workers_replaced += stats.decode_workers_replaced
+        self.main_cpu_seconds += stats.main_cpu_seconds
         for kind, count in stats.errors_by_kind.items():
             self.errors_by_kind[kind] = self.errors_by_kind.get(kind, 0) + count
         self.embedding_dim = self.embedding_dim or stats.embedding_dim
         if stats.stage_batch_size:
             self.stage_batch_size = min(self.stage_batch_size or stats.stage_batch_size, stats.stage_batch_size)
 
+    @property
+    def main_cpu_us_per_image(self) -> float:
+        """Microseconds of CPU per image in the pipeline's own process, the stages' calls left out:
+        what bounds a run whatever the decode workers and the GPU can do."""
+        return self.main_cpu_seconds / self.images * 1e6 if self.images else 0.0
+
     def to_dict(self) -> dict:
         data = asdict(self)
         data["images_per_second"] = round(self.images_per_second, 2)
+        data["main_cpu_us_per_image"] = round(self.main_cpu_us_per_image, 1)
         data["shards_failed"] = [asdict(f) for f in self.shards_failed]
         return data
 
@@ -79,4 +88,8 @@ class RunSummary(WorkerStats):
             "wait for input": self.seconds_wait_input, "stages": self.seconds_stages, "write": self.seconds_write,
         }
         line += ". Time: " + ", ".join(f"{k} {v:.1f}s" for k, v in busy.items()) + "."
+        if self.images:
+            line += f" Main process CPU {self.main_cpu_us_per_image:.0f} us/image (stages' own calls aside)."
+        if self.process_seconds is not None:
+            line += f" Whole process {self.process_seconds:.1f}s."
         return line

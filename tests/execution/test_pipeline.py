@@ -5,6 +5,8 @@ The decoders themselves (pool, timeouts, priority, the GPU decoder) are in ``tes
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import time
 
 import numpy as np
@@ -186,3 +188,22 @@ def test_summary_reports_throughput_and_time_split(cli, tmp_path):
     assert summary["seconds_setup"] > 0  # the default stage builds its filters in setup
     assert summary["decode_min_side"] == 64  # the default stage declares 64
     assert "Time: setup" in result.output and "stages" in result.output
+
+
+def test_summary_reports_main_process_cpu_per_image_and_the_whole_process(tmp_path):
+    """What bounds a run on a machine with many cores: the CPU the pipeline's own process spends per
+    image, the stages' calls aside; and the whole process's time, start-up included, as cron sees it."""
+    img2dataset_tar(tmp_path / "s.tar", 6)
+    started = time.monotonic()
+    done = subprocess.run([sys.executable, "-m", "curator_cli.cli", "embed", str(tmp_path / "s.tar"), "-o",
+                           str(tmp_path / "out"), "--stage", stage_spec("BusyCpu"), "--stage-arg", "seconds=0.5",
+                           "--summary-json", str(tmp_path / "s.json"), "--num-workers", "1"],
+                          capture_output=True, text=True, timeout=120)
+    wall = time.monotonic() - started
+    assert done.returncode == 0, done.stderr
+    summary = json.loads((tmp_path / "s.json").read_text())
+    assert summary["main_cpu_us_per_image"] > 0
+    # the stage's half second of busy CPU per batch is its own, not counted as curator's
+    assert summary["main_cpu_seconds"] < summary["seconds"] - 0.4
+    assert summary["seconds"] < summary["process_seconds"] <= wall + 0.5
+    assert "us/image" in done.stderr and "Whole process" in done.stderr
