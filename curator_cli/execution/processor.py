@@ -28,6 +28,7 @@ from curator_cli.decode.pool import DecodePool
 from curator_cli.execution.feeder import BatchReady, Feeder, FeederCrashed, ShardFinished, ShardOpened
 from curator_cli.execution.plan import ShardOutcome
 from curator_cli.execution.progress import report_failure, set_activity
+from curator_cli.execution.staging import HostStaging
 from curator_cli.execution.stage_runner import StageContext, StageFailure, run_stages
 from curator_cli.execution.stats import WorkerStats, process_cpu_seconds
 from curator_cli.io.manifest import Manifest, input_identity
@@ -268,7 +269,8 @@ class ShardProcessor:
         self.config = config
         self.worker = worker
         self.layout = OutputLayout(embedding_dtype=options.embedding_dtype, declared_scores=declared_scores(stages))
-        self.context = StageContext(device=options.device, precision=options.precision, squares=decode.crop)
+        self.context = StageContext(device=options.device, precision=options.precision, squares=decode.crop,
+                                    staging=HostStaging() if decode.crop and options.device.startswith("cuda") else None)
         self.stats = WorkerStats()
         self._decoder: Decoder | None = None
         self._set_up = False

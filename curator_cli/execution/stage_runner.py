@@ -22,6 +22,7 @@ import numpy as np
 from PIL import Image
 
 from curator_cli.execution.feeder import DecodedBatch
+from curator_cli.execution.staging import HostStaging
 from curator_cli.decode.pillow import square_crop
 from curator_cli.stages.base import ProcessingStage, apply_to_tasks
 from curator_cli.stages.runtime import precision_context
@@ -52,6 +53,7 @@ class StageContext:
     squares: bool = False  # the decoders cut exact squares: stages with process_tensors get tensors
     running: tuple[str, float] | None = None  # (stage name, time.monotonic() at its call) while one runs
     stage_cpu_seconds: float = 0.0  # CPU time of the calling thread inside the stages' own calls
+    staging: HostStaging | None = None  # reusable pinned buffers for the tensor path on CUDA
 
 
 # --------------------------------------------------------------------------- decode size
@@ -87,8 +89,9 @@ def decode_request(stages: list[ProcessingStage], override: str | None = None) -
     return min_side, crop
 
 
-def pixel_tensor(images: list[np.ndarray], size: int, device: str):
-    """N x 3 x size x size uint8 tensor (pinned when bound for CUDA) from H x W x 3 arrays."""
+def pixel_tensor(images: list[np.ndarray], size: int, device: str, staging: HostStaging | None = None):
+    """N x 3 x size x size uint8 tensor from H x W x 3 arrays: in ``staging``'s reusable (pinned) host
+    buffers when given (the CUDA path), else pinned when bound for CUDA."""
     import torch
 
     squares = [
@@ -103,6 +106,8 @@ def pixel_tensor(images: list[np.ndarray], size: int, device: str):
             if t.is_cuda:  # made on the decoder's stream: not to be reused before this stream is done with it
                 t.record_stream(stream)
         return torch.stack([t.to(on_gpu) for t in squares]).permute(0, 3, 1, 2)
+    if staging is not None and squares:
+        return staging.stack(squares).permute(0, 3, 1, 2)
     batch = torch.stack(squares).permute(0, 3, 1, 2)
     if device.startswith("cuda"):
         batch = batch.pin_memory()
@@ -184,7 +189,12 @@ def _call_stage_untimed(stage: ProcessingStage, tasks: list[ImageBatch], context
         size = int(stage.decode_size)  # squares are cut only for stages that declare it
 
         def with_tensors(task: ImageBatch):
-            return stage.process_tensors(pixel_tensor([obj.image_data for obj in task.data], size, context.device), task)
+            pixels = pixel_tensor([obj.image_data for obj in task.data], size, context.device, context.staging)
+            try:
+                return stage.process_tensors(pixels, task)
+            finally:
+                if context.staging is not None:
+                    context.staging.done()
 
         return apply_to_tasks(stage, tasks, _checked(with_tensors))
 
