@@ -374,7 +374,9 @@ def table(results: dict[str, Any]) -> str:
             split = ", ".join(f"{k[len('seconds_'):]} {r[k]:.1f}" for k in
                               ("seconds_setup", "seconds_read", "seconds_decode", "seconds_wait_input",
                                "seconds_stages", "seconds_write") if k in r)
-            lines.append(f"- {stage}, {r['images']} images: total {r['seconds']:.1f}; {split}")
+            cpu = (f"; main-process CPU {r['main_cpu_us_per_image']:.0f} us/image (stages' calls aside)"
+                   if "main_cpu_us_per_image" in r else "")
+            lines.append(f"- {stage}, {r['images']} images: total {r['seconds']:.1f}; {split}{cpu}")
     ray_threads = results["stages"]["resnet18"]["systems"]["ray"].get("actor_torch_threads")
     lines += ["", f"Ray actor torch threads: {ray_threads}"]
     others = [r["other_cpu"] for b in results["stages"].values() for r in b["systems"].values()]
