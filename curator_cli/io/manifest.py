@@ -121,16 +121,6 @@ def check_output(output: Path) -> CheckedOutput | None:
     return CheckedOutput(manifest, dim)
 
 
-def read_manifest(output: Path) -> Manifest | None:
-    """The manifest of the output file ``output``, if the file agrees with it (:func:`check_output`).
-
-    None when the file is missing, unreadable, has no manifest, or does not hold the rows its
-    manifest says: the shard is then not done.
-    """
-    checked = check_output(output)
-    return checked.manifest if checked is not None else None
-
-
 def write_success(output_dir: Path) -> None:
     """An empty ``_SUCCESS``, as Hadoop and Spark write it: polars' folder reads skip only empty files
     (the run's summary goes to ``--summary-json``)."""

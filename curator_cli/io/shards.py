@@ -55,7 +55,7 @@ class Shard:
 
     @property
     def name(self) -> str:
-        """The shard's path as text, always valid UTF-8 (:func:`printable`)."""
+        """The shard's path as text, always valid UTF-8 (:func:`~curator_cli.io.names.valid_text`)."""
         return valid_text(str(self.path))
 
 
@@ -468,7 +468,7 @@ def relative_output(shard: Shard) -> Path:
     """Where ``shard``'s output goes under ``--output``: its path relative to ``shard.base`` (the
     directory an INPUT directory argument named, or a glob's or brace range's folder before its
     first pattern; for a file named on its own, or a shard without a base, its name alone), with the
-    shard suffix replaced by ``.parquet``. Names that are not valid UTF-8 get ``%XX`` (:func:`printable`)."""
+    shard suffix replaced by ``.parquet``. Names that are not valid UTF-8 get ``%XX`` (:func:`~curator_cli.io.names.valid_text`)."""
     path = os.path.abspath(shard.path)
     base = os.path.abspath(shard.base if shard.base is not None else shard.path.parent)
     rel = Path(os.path.relpath(path, base))
