@@ -41,6 +41,10 @@ SYSTEM_LABELS = {"howto": "how-to loop", "ray": "Ray Data", "curator": "curator 
                  "curator-long": "curator embed, longer run"}
 # Extra curator-only runs per stage: (key in the results, stage to run instead).
 VARIANTS = {"mean": [("curator-small", "mean-small")], "resnet18": []}
+# curator's own cost per image, on every bench shard: (key, near-free stage). The main process's CPU
+# per image (the stages' calls aside) on the tensor path and on a plain process() stage, both at
+# decode size 256; the decode workers' CPU per image at 224, against the single-core ceiling there.
+COST_RUNS = (("tensor-256", "mean-tensor"), ("process-256", "mean-256"), ("decode-224", "mean-tensor-224"))
 SAMPLE_SECONDS = 0.05
 
 
@@ -261,6 +265,15 @@ def machine() -> dict[str, Any]:
             "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}
 
 
+def median_by(runs: list[dict[str, Any]], key: str) -> dict[str, Any]:
+    """The run with the median ``key`` (the lower middle one for an even count), with every run's value."""
+    ordered = sorted(runs, key=lambda r: r[key])
+    chosen = dict(ordered[(len(ordered) - 1) // 2])
+    chosen.pop("_out", None)
+    chosen["all_" + key] = [round(r[key], 1) for r in runs]
+    return chosen
+
+
 def median_run(runs: list[dict[str, Any]]) -> dict[str, Any]:
     """The run with the median images/s (the lower middle one for an even count)."""
     ordered = sorted(runs, key=lambda r: r["images_per_second"])
@@ -287,7 +300,14 @@ def evaluate(results: dict[str, Any]) -> list[dict[str, Any]]:
     tensors = (alone["tensors_images_per_second"] + alone["tensors_after"]) / 2  # before and after the long run
     forward = alone["forward_bf16_images_per_second" if precision == "bf16" else "forward_images_per_second"]
     mem = results["memory"]
+    costs = results["costs"]
     checks = [
+        ("main-process CPU per image, tensor path, decode size 256 (us) <= 60",
+         costs["tensor-256"]["main_cpu_us_per_image"], 60.0),
+        ("main-process CPU per image, plain process() stage, decode size 256 (us) <= 150",
+         costs["process-256"]["main_cpu_us_per_image"], 150.0),
+        ("decode worker CPU per image at 224 / Pillow draft + resize to 224 alone (CPU per image) <= 1.15",
+         costs["decode-224"]["decode_cpu_us_per_image"] / ceiling["draft_decode_resize224_cpu_us"], 1.15),
         ("mean (decode_size=32): curator / how-to loop >= 3", cur_mean / mean["howto"]["images_per_second"], 3.0),
         ("mean (decode_size=32): curator / Ray Data >= 1.5", cur_mean / mean["ray"]["images_per_second"], 1.5),
         (f"mean (decode_size=32): curator / ({cores} x decode+resize-to-224 ceiling) >= 0.8",
@@ -313,12 +333,16 @@ def evaluate(results: dict[str, Any]) -> list[dict[str, Any]]:
     ]
     out = []
     for name, value, threshold in checks:
-        if name.startswith("memory"):
+        if name.startswith(("memory", "main-process", "decode worker")):
             ok = value <= threshold
         else:
             ok = None if threshold is None else value >= threshold
         out.append({"target": name, "value": round(value, 3), "holds": ok})
     return out
+
+
+def plan_images(results: dict[str, Any]) -> int:
+    return next(iter(results["costs"].values()))["images"]
 
 
 def table(results: dict[str, Any]) -> str:
@@ -377,6 +401,17 @@ def table(results: dict[str, Any]) -> str:
             cpu = (f"; main-process CPU {r['main_cpu_us_per_image']:.0f} us/image (stages' calls aside)"
                    if "main_cpu_us_per_image" in r else "")
             lines.append(f"- {stage}, {r['images']} images: total {r['seconds']:.1f}; {split}{cpu}")
+    c = results["decode_ceiling"]
+    lines += ["", f"Curator's own cost per image ({plan_images(results)} images, near-free stages, median of runs):", ""]
+    labels = {"tensor-256": "tensor path (process_tensors), decode size 256",
+              "process-256": "plain process() stage, decode size 256",
+              "decode-224": "tensor path, decode size 224"}
+    for key, r in results["costs"].items():
+        lines.append(f"- {labels[key]}: main process {r['main_cpu_us_per_image']:.0f} us "
+                     f"(runs: {r.get('all_main_cpu_us_per_image', '')}), decode workers "
+                     f"{r['decode_cpu_us_per_image']:.0f} us, {r['images_per_second']:.0f} images/s")
+    lines.append(f"- Pillow `draft` + resize to 224 alone, one core: {c['draft_decode_resize224_cpu_us']:.0f} us "
+                 "of CPU per image")
     ray_threads = results["stages"]["resnet18"]["systems"]["ray"].get("actor_torch_threads")
     lines += ["", f"Ray actor torch threads: {ray_threads}"]
     others = [r["other_cpu"] for b in results["stages"].values() for r in b["systems"].values()]
@@ -443,6 +478,13 @@ def main(argv: list[str] | None = None) -> int:
         last = {s: r[-1] for s, r in runs.items() if s != "curator-long"}  # other shards: nothing to compare
         results["stages"][stage] = {"shards": count, "alone": alone, "agreement": check_outputs(stage, last),
                                     "systems": {s: median_run(r) for s, r in runs.items()}}
+
+    print("curator's own cost per image (main process, decode workers) ...", flush=True)
+    results["costs"] = {}
+    for key, stage in COST_RUNS:
+        runs = [bench.system("curator", stage, bench.shards, f"cost-{key}-{round_}") for round_ in range(plan.repeats)]
+        results["costs"][key] = median_by(runs, "main_cpu_us_per_image" if key != "decode-224"
+                                          else "decode_cpu_us_per_image")
 
     print("curator peak memory ...", flush=True)
     small, large = plan.memory_shards

@@ -60,6 +60,48 @@ class MeanPixelSmallStage(MeanPixelStage):
     name: str = "mean_pixel_small"
 
 
+@dataclass
+class MeanPixel256Stage(MeanPixelStage):
+    """:class:`MeanPixelStage` (a plain ``process()`` stage on numpy ``image_data``) declaring
+    ``decode_size = 256``: what curator costs per image on that path, at the size img2dataset writes."""
+
+    decode_size: ClassVar[int] = 256
+    name: str = "mean_pixel_256"
+
+
+@dataclass
+class MeanTensorStage(ProcessingStage[ImageBatch, ImageBatch]):
+    """Near-free stage on the tensor fast path: ``decode_size = 256`` squares arrive as one
+    N x 3 x 256 x 256 uint8 tensor, and the embedding is the mean of a sparse grid of pixels per
+    channel. Measures what curator itself costs per image on that path (its main-process CPU)."""
+
+    decode_size: ClassVar[int] = 256
+    name: str = "mean_tensor"
+
+    def outputs(self) -> tuple[list[str], list[str]]:
+        return ["data"], ["embedding"]
+
+    def process(self, task: ImageBatch) -> ImageBatch:
+        for obj in task.data:
+            obj.embedding = channel_means(obj.image_data)
+        return task
+
+    def process_tensors(self, pixels, task: ImageBatch) -> ImageBatch:
+        means = pixels[:, :, ::16, ::16].float().mean(dim=(2, 3)).cpu().numpy()
+        for obj, vector in zip(task.data, means):
+            obj.embedding = vector
+        return task
+
+
+@dataclass
+class MeanTensor224Stage(MeanTensorStage):
+    """:class:`MeanTensorStage` at ``decode_size = 224``: the decode workers' cost per image at the
+    size the single-core ceiling (``Image.draft`` + resize to 224) is measured at."""
+
+    decode_size: ClassVar[int] = 224
+    name: str = "mean_tensor_224"
+
+
 def channel_means(image: np.ndarray) -> np.ndarray:
     """Exact per-channel mean of an H x W x 3 uint8 image, as float32.
 

@@ -122,7 +122,7 @@ class GpuDecoder(Decoder):
                 out[k] = image if square else image.cpu().numpy()
         return out
 
-    def submit(self, payloads: Sequence[bytes | ByteRange | None]) -> DecodeJob:
+    def submit(self, payloads: Sequence[bytes | ByteRange | None], pixels: object = None) -> DecodeJob:
         t0 = time.perf_counter()
         job = DecodeJob([_read(p) for p in payloads])
         on_gpu: list[int] = []

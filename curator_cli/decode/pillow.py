@@ -60,11 +60,23 @@ def decode_image(
     min_side: int | None = None,
     crop: bool = False,
 ) -> np.ndarray:
-    """Decode ``data`` to an RGB array, applying EXIF orientation.
+    """Decode ``data`` to an H x W x 3 uint8 RGB array (a writable copy: stages may normalise in
+    place); see :func:`decode_picture`."""
+    return np.array(decode_picture(data, max_pixels, min_side, crop), dtype=np.uint8)
+
+
+def decode_picture(
+    data: bytes | None,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    min_side: int | None = None,
+    crop: bool = False,
+) -> Image.Image:
+    """Decode ``data`` to an RGB picture, applying EXIF orientation.
 
     ``min_side``: decode no smaller than this on the shorter side, letting JPEG DCT scaling skip
     work (``Image.draft``); ``None`` decodes at full resolution. ``crop`` (with ``min_side``):
     return exactly ``min_side`` x ``min_side``, resized and centre-cropped, for the tensor fast path.
+    The decode workers write the picture's bytes straight into shared memory.
     """
     if not data:
         raise DecodeError("empty image data")
@@ -80,11 +92,12 @@ def decode_image(
                 if scale >= 2:
                     image.draft("RGB", (max(1, int(width / scale + 0.999)), max(1, int(height / scale + 0.999))))
             image.load()
-            image = ImageOps.exif_transpose(image) or image
+            if _may_be_rotated(image):
+                ImageOps.exif_transpose(image, in_place=True)  # not a copy of every upright image
             rgb = _to_rgb(image)
             if crop and min_side:
                 rgb = square_crop(rgb, min_side)
-            array = np.array(rgb, dtype=np.uint8)  # a writable copy: stages may normalise in place
+            width, height = rgb.size
     except DecodeError:
         raise
     except UnidentifiedImageError:
@@ -98,11 +111,22 @@ def decode_image(
         raise DecodeError(f"cannot decode: {text}") from None
     except (ValueError, SyntaxError, TypeError, IndexError, MemoryError) as exc:
         raise DecodeError(f"cannot decode: {type(exc).__name__}: {exc}") from None
-    if array.ndim != 3 or array.shape[2] != 3 or array.size == 0:
-        raise DecodeError(f"cannot decode: unexpected pixel shape {array.shape}")
-    return array
+    if rgb.mode != "RGB" or width * height == 0:
+        raise DecodeError(f"cannot decode: unexpected pixels ({rgb.mode} {width}x{height})")
+    return rgb
+
+
+def _may_be_rotated(image: Image.Image) -> bool:
+    """False when the picture carries no EXIF or XMP at all (so no orientation tag): skips parsing."""
+    info = image.info
+    return image.format != "JPEG" or "exif" in info or "xmp" in info or "XML:com.adobe.xmp" in info
 
 
 def decode_with(data: bytes | None, options: DecodeOptions) -> np.ndarray:
     """:func:`decode_image` with the run's :class:`DecodeOptions`."""
     return decode_image(data, options.max_pixels, options.min_side, options.crop)
+
+
+def picture_with(data: bytes | None, options: DecodeOptions) -> Image.Image:
+    """:func:`decode_picture` with the run's :class:`DecodeOptions`."""
+    return decode_picture(data, options.max_pixels, options.min_side, options.crop)

@@ -9,8 +9,9 @@ smaller than one job of small images inline, or one answer of small decoded imag
 takes longer than the per-image timeout gets an error naming why; its worker is replaced and the
 rest of its jobs is decoded by the next free worker. An image whose worker dies under it (killed
 from outside, as the OOM killer does, or a crash in a native decoder) is retried once in a fresh
-worker, and only a second death makes it a "decoder crashed" row. Large pixel arrays come back
-through reusable shared-memory buffers, small ones through the pipe.
+worker, and only a second death makes it a "decoder crashed" row. Pixels come back through the
+batch's arena in shared memory (``transport.py``): a worker writes each picture into its place in
+the batch and answers the job with one message saying where each lies (or why it failed).
 
 Workers die with their parent: on Linux the kernel sends each a SIGKILL when the thread that started
 it ends (``PR_SET_PDEATHSIG``; that thread is the one that built the pool, or the dispatch thread for
@@ -30,7 +31,6 @@ from __future__ import annotations
 
 import ctypes
 import glob
-import itertools
 import multiprocessing
 import os
 import queue
@@ -47,11 +47,12 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from curator_cli.decode.jobs import DecodeFailure, DecodeJob, Decoder, decode_one
+from curator_cli.decode.jobs import DecodeFailure, DecodeJob, Decoder, picture_one
 from curator_cli.decode.transport import (
-    JOBS_PER_WORKER,
-    SlotReader,
-    SlotWriter,
+    ArenaRing,
+    ArenaWriter,
+    PixelBatch,
+    Place,
     remove_orphaned_shared_memory,
     shared_memory_usable,
     shm_prefix,
@@ -60,6 +61,9 @@ from curator_cli.io.readers.base import ByteRange
 from curator_cli.options import DecodeOptions
 
 READY = "ready"
+JOBS_PER_WORKER = 2  # jobs a worker holds: it starts the next while its answer to the last is read
+ARENA_WAIT_S = 0.2  # how long new_batch waits for a free arena before checking again
+OPEN_FILES = 8  # shard files a worker keeps open to read images from (ByteRange)
 PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 
@@ -86,8 +90,36 @@ def die_with_parent(parent_pid: int) -> None:
         os._exit(1)
 
 
+class _Files:
+    """The shard files a worker reads image bytes from, kept open (a few, most recent first)."""
+
+    def __init__(self) -> None:
+        self._fds: dict[str, int] = {}
+
+    def read(self, data: bytes | ByteRange | None) -> bytes | ByteRange | None:
+        """The bytes of a :class:`ByteRange`, or ``data`` itself; an unreadable range stays a
+        range (its reading then fails with the reason, in :func:`picture_one`)."""
+        if not isinstance(data, ByteRange):
+            return data
+        try:
+            fd = self._fds.pop(data.path, None)
+            if fd is None:
+                fd = os.open(data.path, os.O_RDONLY)
+            self._fds[data.path] = fd
+            while len(self._fds) > OPEN_FILES:
+                os.close(self._fds.pop(next(iter(self._fds))))
+            return os.pread(fd, data.size, data.offset)
+        except OSError:
+            return data
+
+    def close(self) -> None:
+        for fd in self._fds.values():
+            os.close(fd)
+        self._fds.clear()
+
+
 def _worker_main(conn: Connection, current: Any, progress: Any, options: DecodeOptions,
-                 shm_prefix: str | None, nice: int, parent_pid: int, inherited: list[Any]) -> None:
+                 nice: int, parent_pid: int, inherited: list[Any]) -> None:
     """Decode jobs until told to stop. ``current`` and ``progress`` (shared memory) hold the key of
     the job being decoded and the position in it: the parent's watch on hangs and crashes, at no
     message cost. ``inherited``: the parent's ends of the pool's pipes and sockets, copied into this
@@ -107,8 +139,8 @@ def _worker_main(conn: Connection, current: Any, progress: Any, options: DecodeO
             os.nice(nice)
         except OSError:
             pass
-    slots = SlotWriter(shm_prefix)
-    jobs = itertools.count()
+    arenas = ArenaWriter()
+    files = _Files()
     conn.send(READY)  # timeouts count from here, not from process start-up
     while True:
         try:
@@ -117,27 +149,40 @@ def _worker_main(conn: Connection, current: Any, progress: Any, options: DecodeO
             return
         if message is None:
             return
-        key, payloads = message
+        key, indices, payloads, place = message
         progress.value = -1
         current.value = key
-        parity = next(jobs) % JOBS_PER_WORKER
-        t0 = time.perf_counter()
-        values = []
-        for position, data in enumerate(payloads):
-            progress.value = position
-            value = decode_one(data, options)
-            if isinstance(value, np.ndarray):
-                value = slots.ship(value, f"{parity}-{position}")
-            values.append(value)
-        conn.send((key, values, time.perf_counter() - t0))
+        t0, cpu0 = time.perf_counter(), time.thread_time()
+        values = _decode_job(indices, payloads, place, options, arenas, files, progress)
+        conn.send((key, values, time.perf_counter() - t0, time.thread_time() - cpu0))
+
+
+def _decode_job(indices: list[int], payloads: list[Any], place: Place | None, options: DecodeOptions,
+                arenas: ArenaWriter, files: _Files, progress: Any) -> list[Any]:
+    """One job's answer, an item per image: a failure's reason, ``("at", offset, shape)`` for a
+    picture written into the batch's arena, or an array (no arena, or it did not fit)."""
+    values: list[Any] = []
+    cursor = place.offset if place is not None else 0
+    for position, (index, data) in enumerate(zip(indices, payloads)):
+        progress.value = position
+        picture = picture_one(files.read(data), options)
+        if isinstance(picture, DecodeFailure):
+            values.append(picture)
+            continue
+        token = None
+        if place is not None:
+            token = arenas.write(place, place.offset + index * place.stride if place.stride else cursor, picture)
+            if token is not None and not place.stride:
+                cursor += picture.size[0] * picture.size[1] * 3
+        values.append(token if token is not None else np.array(picture, dtype=np.uint8))
+    return values
 
 
 _CLOSE = object()  # tells a worker's sender thread to stop
 
 
 class _Worker:
-    def __init__(self, ctx: Any, options: DecodeOptions, shm_prefix: str | None, nice: int,
-                 inherited: list[Any]) -> None:
+    def __init__(self, ctx: Any, options: DecodeOptions, nice: int, inherited: list[Any]) -> None:
         """``inherited``: the parent's other pipe ends and sockets a forked worker gets copies of
         (ignored when spawned: a spawned process inherits none)."""
         self.conn, child = ctx.Pipe(duplex=True)
@@ -145,16 +190,15 @@ class _Worker:
         self.progress = ctx.RawValue("q", -1)
         close_in_child = [*inherited, self.conn] if ctx.get_start_method() == "fork" else []
         self.process = ctx.Process(target=_worker_main, daemon=True,
-                                   args=(child, self.current, self.progress, options, shm_prefix, nice,
+                                   args=(child, self.current, self.progress, options, nice,
                                          os.getpid(), close_in_child))
         self.process.start()
         child.close()
         self.ready = False
-        # (job, key, indices) sent and not answered yet, oldest first: two, so a worker never waits for us
-        self.assigned: deque[tuple[DecodeJob, int, list[int]]] = deque()
+        # (job, key, indices, place) sent and not answered yet, oldest first: two, so a worker never waits for us
+        self.assigned: deque[tuple[DecodeJob, int, list[int], Place | None]] = deque()
         self.seen: tuple[int, int] = (-1, -1)  # the last (job key, position) seen, and when it changed
         self.last_progress = 0.0
-        self.slots = SlotReader()
         self._waited = 0.0  # seconds this worker spent runnable but without a CPU, as last read
         self._clock = 0.0
         self._outbox: queue.SimpleQueue = queue.SimpleQueue()
@@ -198,7 +242,6 @@ class _Worker:
             self.process.join(timeout=5)
         self._sender.join(timeout=5)  # a send to a dead worker fails at once
         self.conn.close()
-        self.slots.close()
 
 
 class DecodePool(Decoder):
@@ -214,13 +257,15 @@ class DecodePool(Decoder):
         self.nice = nice
         self._ctx = multiprocessing.get_context(start_method)
         self._shm_prefix = shm_prefix(os.getpid()) if shared_memory_usable() else None
+        self._arenas: ArenaRing | None = None
         if self._shm_prefix:
             remove_orphaned_shared_memory()
+            self._arenas = ArenaRing(self._shm_prefix)
         self._wake_r, self._wake_w = socket.socketpair()
         self._workers: list[_Worker] = []
         for _ in range(workers):
             self._workers.append(self._new_worker())
-        self._pending: deque[tuple[DecodeJob, int, list[int]]] = deque()
+        self._pending: deque[tuple[DecodeJob, int, list[int], Place | None]] = deque()
         self._keys = 0
         self._lock = threading.Lock()
         self._closed = False
@@ -233,17 +278,30 @@ class DecodePool(Decoder):
     def _new_worker(self) -> _Worker:
         """A worker; when forked, it closes its copies of the pool's other pipe ends and sockets."""
         inherited: list[Any] = [w.conn for w in self._workers if not w.conn.closed]
-        return _Worker(self._ctx, self.options, self._shm_prefix, self.nice,
-                       [*inherited, self._wake_r, self._wake_w])
+        return _Worker(self._ctx, self.options, self.nice, [*inherited, self._wake_r, self._wake_w])
 
-    def submit(self, payloads: Sequence[bytes | ByteRange | None]) -> DecodeJob:
+    def new_batch(self, images: int) -> PixelBatch | None:
+        """An arena for the next batch (waits while every arena holds a batch in flight); None where
+        shared memory is short, or the pool is closing."""
+        if self._arenas is None:
+            return None
+        options = self.options
+        stride = options.min_side * options.min_side * 3 if options.crop and options.min_side else 0
+        guess = 4 * options.min_side * options.min_side * 3 if options.min_side else 1 << 20
+        while not self._closed and self.error is None:
+            pixels = self._arenas.take(images, stride, guess, ARENA_WAIT_S)
+            if pixels is not None:
+                return pixels
+        return None
+
+    def submit(self, payloads: Sequence[bytes | ByteRange | None], pixels: PixelBatch | None = None) -> DecodeJob:
         if self.error is not None:
             raise RuntimeError(f"decode pool failed: {self.error}") from self.error
-        job = DecodeJob(payloads)
+        job = DecodeJob(payloads, pixels)
         if job.payloads:
             with self._lock:
                 self._keys += 1
-                self._pending.append((job, self._keys, list(range(len(job.payloads)))))
+                self._pending.append((job, self._keys, list(range(len(job.payloads))), job.place))
             self._wake()
         return job
 
@@ -257,11 +315,11 @@ class DecodePool(Decoder):
         with self._lock:
             for worker in self._workers:
                 while worker.ready and len(worker.assigned) < JOBS_PER_WORKER and self._pending:
-                    job, key, indices = self._pending.popleft()
+                    job, key, indices, place = self._pending.popleft()
                     if not worker.assigned:
                         worker.last_progress = worker.clock()
-                    worker.assigned.append((job, key, indices))
-                    worker.post((key, [job.payloads[i] for i in indices]))
+                    worker.assigned.append((job, key, indices, place))
+                    worker.post((key, indices, [job.payloads[i] for i in indices], place))
 
     def _run(self) -> None:
         try:
@@ -308,17 +366,23 @@ class DecodePool(Decoder):
 
     def _answer(self, worker: _Worker, message: Any) -> None:
         """A worker's results for its oldest assigned job."""
-        key, values, seconds = message
+        key, values, seconds, cpu_seconds = message
         if not worker.assigned or worker.assigned[0][1] != key:
             return  # not ours (cannot happen: workers answer in order)
-        job, _, indices = worker.assigned.popleft()
+        job, _, indices, place = worker.assigned.popleft()
         worker.last_progress = worker.clock()
+        arena = job.pixels.arena if place is not None and job.pixels is not None else None
         for index, value in zip(indices, values):
-            try:
-                job.results[index] = worker.slots.receive(value)
-            except OSError as exc:
-                job.results[index] = DecodeFailure(f"cannot receive decoded pixels: {exc}")
+            if type(value) is tuple:  # ("at", offset, shape): in the batch's arena
+                job.results[index] = arena.view(value[1], value[2])
+                if not place.stride:
+                    self._arenas.saw(job.results[index].nbytes)
+            else:  # a failure, or an array that came through the pipe (no arena, or no room in it)
+                job.results[index] = value
+                if isinstance(value, np.ndarray) and self._arenas is not None:
+                    self._arenas.saw(value.nbytes)
         job.decode_seconds += seconds
+        job.decode_cpu_seconds += cpu_seconds
         self._finish_if_done(job)
 
     def _finish_if_done(self, job: DecodeJob) -> None:
@@ -352,7 +416,7 @@ class DecodePool(Decoder):
         self._workers[slot] = self._new_worker()
         self.replaced_workers += 1
         requeue, suspects = [], []
-        for job, key, indices in entries:
+        for job, key, indices, place in entries:
             rest = list(indices)
             if key == current and 0 <= position < len(indices):
                 index = rest.pop(position)
@@ -362,13 +426,13 @@ class DecodePool(Decoder):
                 else:
                     job.results[index] = DecodeFailure(reason)
             if rest:
-                requeue.append((job, key, rest))
+                requeue.append((job, key, rest, place))
         with self._lock:
-            for job, indices in suspects:
+            for job, indices in suspects:  # through the pipe: its place may be rewritten by the rest
                 self._keys += 1
-                requeue.append((job, self._keys, indices))
+                requeue.append((job, self._keys, indices, None))
             self._pending.extendleft(reversed(requeue))
-        for job, _, _ in entries:
+        for job, _, _, _ in entries:
             self._finish_if_done(job)
 
     def close(self) -> None:
@@ -382,7 +446,9 @@ class DecodePool(Decoder):
             worker.stop(kill=bool(worker.assigned))
         self._wake_r.close()
         self._wake_w.close()
-        if self._shm_prefix:  # pixels shipped for jobs nobody collected
+        if self._arenas is not None:
+            self._arenas.close()
+        if self._shm_prefix:  # anything left under this run's name
             for leftover in glob.glob(self._shm_prefix + "*"):
                 try:
                     os.unlink(leftover)

@@ -1,20 +1,34 @@
-"""Shared-memory hand-over of decoded pixels from decode workers to the parent: reusable buffers
-in ``/dev/shm`` (no file creation, zeroing or page faulting per image), and clean-up of buffers
-left by killed runs."""
+"""How decoded pixels reach the stages without the main process touching them: batch arenas.
+
+Each batch being read, decoded or run gets an :class:`Arena`, a region of shared memory in
+``/dev/shm`` owned by the main process. Decode workers write each picture's bytes straight into the
+batch's arena (:class:`ArenaWriter`) and answer a whole job with one small message naming where
+each image lies; the main process then holds *views* of the arena: no copy, no pickling of pixels,
+no allocation per batch. On the tensor fast path every image is an S x S square, so the arena is
+laid out as the batch's rows (N x S x S x 3, in input order) and the stage's uint8 tensor is the
+arena itself.
+
+A small ring of arenas (:class:`ArenaRing`) serves the batches in flight; an arena is reused only
+once its batch has been run and every decode job writing into it has answered. Arenas are
+allocated once and grown when a batch needs more room (full-size photos larger than seen so far),
+never per batch. Where shared memory is short (a container's 64 MB default) nothing here is used:
+pixels then travel through the workers' pipes as arrays.
+"""
 
 from __future__ import annotations
 
 import glob
 import mmap
 import os
+import threading
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-JOBS_PER_WORKER = 2  # a buffer is reused this many jobs later, by when the parent has copied it out
 SHM_DIR = "/dev/shm"
 SHM_MIN_FREE = 2 << 30  # below this much free shared memory, pixels go through the pipe instead
-SHM_MIN_BYTES = 256 << 10  # smaller images are cheaper to pickle through the pipe than to map
+ARENAS = 4  # batches with pixels at once: two read ahead, one in the stages, one being released
 
 
 def shared_memory_usable() -> bool:
@@ -45,69 +59,184 @@ def remove_orphaned_shared_memory() -> None:
             continue
 
 
-class SlotWriter:
-    """A worker's side of the pixel hand-over: reusable shared-memory buffers, one per (job parity,
-    position in job). A buffer is reused two jobs later, by when the parent has copied it out (it
-    copies a job's pixels before it sends that worker another job), so there is no file creation,
-    zeroing or page faulting per image."""
+@dataclass(frozen=True)
+class Place:
+    """Where a decode job writes its pictures: ``arena`` (a file name) from byte ``offset`` on.
+    With ``stride`` (the tensor path), image ``i`` of the batch goes at ``offset + i * stride`` and
+    must be exactly ``stride`` bytes; without, images are packed one after another within
+    ``capacity`` bytes. A picture that does not fit comes back through the pipe instead."""
 
-    def __init__(self, prefix: str | None) -> None:
+    arena: str
+    offset: int
+    capacity: int
+    stride: int = 0
+
+
+class Arena:
+    """One batch's pixels in shared memory (main-process side): created once, grown when needed;
+    the stages get :meth:`view`\\ s of it. A view stays valid even after the arena is dropped (the
+    mapping lives as long as any view of it)."""
+
+    def __init__(self, prefix: str, number: int) -> None:
         self.prefix = prefix
-        self._maps: dict[str, tuple[mmap.mmap, int]] = {}
+        self.number = number
+        self.generation = 0
+        self.name = ""
+        self.size = 0
+        self._map: mmap.mmap | None = None
 
-    def ship(self, array: np.ndarray, slot: str) -> Any:
-        """``("slot", name, shape)`` once the pixels are in shared memory, else the array itself."""
-        if self.prefix is None or array.nbytes < SHM_MIN_BYTES:
-            return array
-        name = f"{self.prefix}{os.getpid()}-{slot}"
-        view, size = self._maps.get(name, (None, 0))
-        if size < array.nbytes:
-            size = max(array.nbytes, 2 * size)
-            fd = os.open(name, os.O_CREAT | os.O_RDWR, 0o600)
+    def ensure(self, size: int) -> None:
+        """At least ``size`` bytes (a new file when it must grow: workers map the new name)."""
+        if size <= self.size:
+            return
+        self.drop()
+        self.generation += 1
+        self.name = f"{self.prefix}arena{self.number}-{self.generation}"
+        fd = os.open(self.name, os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o600)
+        try:
+            os.ftruncate(fd, size)  # sparse: workers allocate what they write (posix_fallocate)
+            self._map = mmap.mmap(fd, size)
+        finally:
+            os.close(fd)
+        self.size = size
+
+    def view(self, offset: int, shape: tuple[int, ...]) -> np.ndarray:
+        """A writable uint8 array over ``shape`` bytes of the arena from ``offset`` (no copy)."""
+        assert self._map is not None
+        return np.ndarray(shape, dtype=np.uint8, buffer=self._map, offset=offset)
+
+    def drop(self) -> None:
+        """Delete the file; the memory goes once no view of it is left."""
+        if self.name:
             try:
-                os.posix_fallocate(fd, 0, size)  # ENOSPC here, rather than SIGBUS on write
-                if view is not None:
-                    view.close()
-                view = mmap.mmap(fd, size)
-            except OSError:
-                self._maps.pop(name, None)
-                return array
-            finally:
-                os.close(fd)
-            self._maps[name] = (view, size)
-        np.frombuffer(view, dtype=np.uint8, count=array.nbytes).reshape(array.shape)[...] = array
-        return ("slot", name, array.shape)
-
-
-class SlotReader:
-    """The parent's side: maps each worker buffer once and copies the pixels out of it."""
-
-    def __init__(self) -> None:
-        self._maps: dict[str, mmap.mmap] = {}
-
-    def receive(self, value: Any) -> Any:
-        if not (isinstance(value, tuple) and value and value[0] == "slot"):
-            return value
-        _, name, shape = value
-        count = int(np.prod(shape))
-        view = self._maps.get(name)
-        if view is None or len(view) < count:
-            fd = os.open(name, os.O_RDONLY)
-            try:
-                if view is not None:
-                    view.close()
-                view = mmap.mmap(fd, os.fstat(fd).st_size, prot=mmap.PROT_READ)
-            finally:
-                os.close(fd)
-            self._maps[name] = view
-        return np.frombuffer(view, dtype=np.uint8, count=count).reshape(shape).copy()
-
-    def close(self) -> None:
-        """Unmap and delete the buffers (the worker is gone or going)."""
-        for name, view in self._maps.items():
-            view.close()
-            try:
-                os.unlink(name)
+                os.unlink(self.name)
             except OSError:
                 pass
+        self._map = None  # closed by the garbage collector with its last view
+        self.name, self.size = "", 0
+
+
+class PixelBatch:
+    """Where one batch's pixels go: an arena of the ring, handed out to its decode jobs piece by
+    piece (:meth:`reserve`). Given back to the ring by :meth:`release` once the stages are done with
+    it, but reused only after every job writing into it has answered."""
+
+    def __init__(self, ring: ArenaRing, arena: Arena, stride: int, per_image: int) -> None:
+        self.ring = ring
+        self.arena = arena
+        self.stride = stride  # bytes per image on the tensor path (rows of the batch), else 0
+        self.per_image = per_image  # bytes reserved per image when packing pictures of any size
+        self.used = 0
+        self.rows = 0
+        self._jobs_open = 0
+        self._released = False
+        self._lock = threading.Lock()
+
+    def reserve(self, images: int) -> Place | None:
+        """Room for ``images`` more pictures, or None when the arena is full (they use the pipe)."""
+        room = images * (self.stride or self.per_image)
+        if self.used + room > self.arena.size:
+            return None
+        place = Place(self.arena.name, self.used, room, self.stride)
+        self.used += room
+        self.rows += images if self.stride else 0
+        with self._lock:
+            self._jobs_open += 1
+        return place
+
+    def job_done(self) -> None:
+        with self._lock:
+            self._jobs_open -= 1
+            free = self._released and self._jobs_open == 0
+        if free:
+            self.ring.give_back(self)
+
+    def release(self) -> None:
+        """The stages are done with this batch's pixels (its views must not be used any more)."""
+        with self._lock:
+            if self._released:
+                return
+            self._released = True
+            free = self._jobs_open == 0
+        if free:
+            self.ring.give_back(self)
+
+    def rows_view(self, count: int, side: int) -> np.ndarray:
+        """The first ``count`` rows of a tensor-path batch: ``count x side x side x 3``, no copy."""
+        return self.arena.view(0, (count, side, side, 3))
+
+
+class ArenaRing:
+    """The arenas of the batches in flight (:data:`ARENAS`), in shared memory under ``prefix``."""
+
+    def __init__(self, prefix: str, count: int = ARENAS) -> None:
+        self._free = [Arena(prefix, number) for number in range(count)]
+        self._all = list(self._free)
+        self._ready = threading.Condition()
+        self.per_image = 0  # the largest picture seen when packing, in bytes
+
+    def take(self, images: int, stride: int, guess: int, timeout: float) -> PixelBatch | None:
+        """An arena for a batch of ``images``: rows of ``stride`` bytes, or packed pictures of about
+        ``guess`` bytes each (the largest seen so far, if larger). None if none is free in time."""
+        with self._ready:
+            if not self._ready.wait_for(lambda: self._free, timeout=timeout):
+                return None
+            arena = self._free.pop()
+        per_image = 0 if stride else max(guess, self.per_image)
+        arena.ensure(images * (stride or per_image))
+        return PixelBatch(self, arena, stride, per_image)
+
+    def saw(self, nbytes: int) -> None:
+        """A picture of ``nbytes``: later batches reserve at least that much per image."""
+        self.per_image = max(self.per_image, nbytes)
+
+    def give_back(self, batch: PixelBatch) -> None:
+        with self._ready:
+            self._free.append(batch.arena)
+            self._ready.notify()
+
+    def close(self) -> None:
+        for arena in self._all:
+            arena.drop()
+
+
+class ArenaWriter:
+    """A decode worker's side: maps each arena it is told to write into (once per arena file) and
+    copies a picture's bytes into it."""
+
+    def __init__(self) -> None:
+        self._maps: dict[str, tuple[mmap.mmap, int]] = {}  # name -> (mapping, fd)
+
+    def _open(self, name: str) -> tuple[mmap.mmap, int]:
+        found = self._maps.get(name)
+        if found is None:
+            stale = [n for n in self._maps if n.rsplit("-", 1)[0] == name.rsplit("-", 1)[0]]
+            for old in stale:  # an arena that grew: its old file is gone
+                view, fd = self._maps.pop(old)
+                view.close()
+                os.close(fd)
+            fd = os.open(name, os.O_RDWR)
+            found = (mmap.mmap(fd, os.fstat(fd).st_size), fd)
+            self._maps[name] = found
+        return found
+
+    def write(self, place: Place, offset: int, picture: Any) -> tuple[str, int, tuple[int, int, int]] | None:
+        """Put ``picture`` (an RGB Pillow image) at ``offset`` of ``place``'s arena; its token
+        ``("at", offset, shape)``, or None when it does not fit or the arena cannot be written."""
+        width, height = picture.size
+        size = width * height * 3
+        if offset + size > place.offset + place.capacity or (place.stride and size != place.stride):
+            return None
+        try:
+            view, fd = self._open(place.arena)
+            os.posix_fallocate(fd, offset, size)  # ENOSPC here, rather than SIGBUS on write
+            view[offset:offset + size] = picture.tobytes()
+        except (OSError, ValueError):
+            return None
+        return ("at", offset, (height, width, 3))
+
+    def close(self) -> None:
+        for view, fd in self._maps.values():
+            view.close()
+            os.close(fd)
         self._maps.clear()

@@ -20,17 +20,31 @@ import numpy as np
 import pyarrow as pa
 
 from curator_cli.decode.jobs import DecodeFailure, DecodeJob
+from curator_cli.decode.transport import PixelBatch
 from curator_cli.io.readers import ReadOptions, Sample, ShardReadError, open_shard
 from curator_cli.io.shards import Shard
 
 
 @dataclass
 class DecodedBatch:
-    """Consecutive samples of one shard; ``images[i]`` is None when ``samples[i].error`` is set."""
+    """Consecutive samples of one shard; ``images[i]`` is None when ``samples[i].error`` is set.
+
+    ``squares``: on the tensor path, when every image decoded, all of them as one
+    ``N x S x S x 3`` array in input order (``images`` are its rows): the stages' batch as it is.
+    The images may be views of the decoder's shared memory, valid until :meth:`release`."""
 
     samples: list[Sample]
     images: list[np.ndarray | None]
     decode_seconds: float = 0.0
+    decode_cpu_seconds: float = 0.0
+    squares: np.ndarray | None = None
+    pixels: PixelBatch | None = None
+
+    def release(self) -> None:
+        """The stages are done with the pixels: the decoder may reuse their memory."""
+        if self.pixels is not None:
+            self.pixels.release()
+            self.pixels = None
 
 
 @dataclass
@@ -47,18 +61,33 @@ class BatchReady:
     index: int
     samples: list[Sample]
     jobs: list[tuple[list[int], DecodeJob]] = field(default_factory=list)
+    pixels: PixelBatch | None = None  # where the decoders put this batch's pixels, if they offer one
 
     def resolve(self) -> DecodedBatch:
         images: list[np.ndarray | None] = [None] * len(self.samples)
-        seconds = 0.0
+        seconds = cpu_seconds = 0.0
+        decoded = 0
         for positions, job in self.jobs:
             for position, result in zip(positions, job.wait()):
                 if isinstance(result, DecodeFailure):
                     self.samples[position].error = result
                 else:
                     images[position] = result
+                    decoded += 1
             seconds += job.decode_seconds
-        return DecodedBatch(self.samples, images, seconds)
+            cpu_seconds += job.decode_cpu_seconds
+        pixels, self.pixels = self.pixels, None
+        squares = None
+        if pixels is not None and pixels.stride and decoded == pixels.rows and decoded:
+            side = next(image for image in images if image is not None).shape[0]
+            squares = pixels.rows_view(decoded, side)
+        return DecodedBatch(self.samples, images, seconds, cpu_seconds, squares, pixels)
+
+    def abandon(self) -> None:
+        """Not run (the run is stopping): its pixel memory goes back once its jobs are done."""
+        if self.pixels is not None:
+            self.pixels.release()
+            self.pixels = None
 
 
 @dataclass
@@ -109,21 +138,31 @@ class Feeder:
     def stop(self) -> None:
         """Ask the feeder to stop early (the runner is aborting)."""
         self._stop.set()
-        try:
-            while True:
-                self._events.get_nowait()
-        except queue.Empty:
-            pass
+        self._drain()
         if self._thread.is_alive():
             self._thread.join(timeout=10)
+        self._drain()
+
+    def _drain(self) -> None:
+        """Drop the events nobody will take, giving back the pixel memory of their batches."""
+        try:
+            while True:
+                event = self._events.get_nowait()
+                if isinstance(event, BatchReady):
+                    event.abandon()
+        except queue.Empty:
+            pass
 
     def _put(self, event: Any) -> None:
         if self._stop.is_set():
+            if isinstance(event, BatchReady):
+                event.abandon()
             raise _Stopped
         self._events.put(event)
 
     def _new_batch(self, shard: Shard, index: int) -> BatchReady:
-        """Wait for a free read-ahead slot, then start batch ``index`` of ``shard``."""
+        """Wait for a free read-ahead slot, then start batch ``index`` of ``shard`` (its pixel memory
+        is taken when its first image is sent to the decoders)."""
         while not self._batch_slots.acquire(timeout=0.2):
             if self._stop.is_set():
                 raise _Stopped
@@ -144,8 +183,10 @@ class Feeder:
                 return
 
     def _submit(self, batch: BatchReady, chunk: list[int]) -> None:
+        if not batch.jobs:
+            batch.pixels = self.decoder.new_batch(self.batch_size)
         payloads = [batch.samples[i].data for i in chunk]
-        batch.jobs.append((chunk, self.decoder.submit(payloads)))
+        batch.jobs.append((chunk, self.decoder.submit(payloads, batch.pixels)))
         for i in chunk:
             batch.samples[i].data = None  # the decoder has the bytes now
 

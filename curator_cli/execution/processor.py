@@ -33,7 +33,7 @@ from curator_cli.execution.stage_runner import StageContext, StageFailure, run_s
 from curator_cli.execution.stats import WorkerStats, process_cpu_seconds
 from curator_cli.io.manifest import Manifest, input_identity
 from curator_cli.io.shards import Shard
-from curator_cli.io.writer import SCORE_COLUMNS, BackgroundWriter, OutputLayout, OutputRow
+from curator_cli.io.writer import SCORE_COLUMNS, BackgroundWriter, OutputLayout, OutputRow, warm_up
 from curator_cli.options import DecodeOptions, EmbedOptions
 from curator_cli.stages.base import ProcessingStage
 from curator_cli.stages.worker_metadata import NodeInfo, WorkerMetadata
@@ -204,6 +204,7 @@ class _Run:
     def on_batch(self, event: BatchReady) -> None:
         key = event.shard.name
         if key in self.failed:
+            event.abandon()
             return
         try:
             rows = self.processor.run_batch(event)
@@ -273,6 +274,7 @@ class ShardProcessor:
                                     staging=HostStaging() if decode.crop and options.device.startswith("cuda") else None)
         self.stats = WorkerStats()
         self._decoder: Decoder | None = None
+        self._warm_up: threading.Thread | None = None
         self._set_up = False
         self._stage_thread = StageThread(threaded=options.stage_timeout > 0)
         self._doing = "starting"  # what the run waits on, for the heartbeat (see activity())
@@ -280,7 +282,9 @@ class ShardProcessor:
     def start(self) -> None:
         """Start the decoders (worker processes take a moment to start; they serve every ``run``)."""
         if self._decoder is None:
-            self._decoder = make_decoder(self.options, self.decode)
+            self._decoder = make_decoder(self.options, self.decode)  # before any thread: may fork
+            self._warm_up = threading.Thread(target=warm_up, name="curator-warm-up", daemon=True)
+            self._warm_up.start()
 
     def setup(self, on_node: bool = True) -> None:
         """``setup_on_node`` and ``setup`` of every stage, in the stage thread (no timeout: a model
@@ -288,6 +292,9 @@ class ShardProcessor:
         t0 = time.perf_counter()
         self._doing = "setting up the stages"
         self._stage_thread.call(lambda: setup_stages(self.stages, self.worker, on_node))
+        if self._warm_up is not None:  # start-up, like the model load: over before the first batch
+            self._warm_up.join()
+            self._warm_up = None
         self._set_up = True
         self.stats.seconds_setup += time.perf_counter() - t0
 
@@ -399,9 +406,14 @@ class ShardProcessor:
         key = event.shard.name
         self._doing = f"decoded images of {key} batch {event.index}"
         t0 = time.perf_counter()
-        decoded = event.resolve()
+        try:
+            decoded = event.resolve()
+        except BaseException:
+            event.abandon()
+            raise
         stats.seconds_wait_input += time.perf_counter() - t0
         stats.seconds_decode += decoded.decode_seconds
+        stats.decode_cpu_seconds += decoded.decode_cpu_seconds
         self._doing = f"{key} batch {event.index}"
         t0 = time.perf_counter()
         try:
@@ -410,6 +422,8 @@ class ShardProcessor:
                 overdue=self._overdue)
         finally:
             stats.seconds_stages += time.perf_counter() - t0
+            if not self.stages_stuck:  # a stage still running may still read the pixels
+                decoded.release()
 
 
 def _timed(events: Iterable[Any], stats: WorkerStats) -> Iterator[Any]:

@@ -65,6 +65,16 @@ def actor_count(need: Resources, cluster: dict[str, float], shards: int, cap: in
     return count, gpus
 
 
+def actor_cpus(need: Resources, cluster: dict[str, float], count: int, gpus: float) -> float:
+    """CPUs each actor asks for, which is also its decode worker count. Actors placed by their GPU
+    share split the cluster's CPUs between them (four actors at ``gpus=0.25`` on a 16-core, one-GPU
+    machine: 4 each), so decoding uses every core without oversubscribing them; a stage's own
+    ``cpus`` is the least each gets."""
+    if not gpus:
+        return need.cpus
+    return max(need.cpus, float(math.floor(cluster.get("CPU", 1.0) / max(1, count) + 1e-9)))
+
+
 class EmbedActor:
     """Body of a Ray actor: the stages, loaded from their specs in the actor's process, and a ShardProcessor."""
 
@@ -140,13 +150,15 @@ def run_ray(plan: RunPlan) -> RunSummary:
     actors: list[Any] = []
     try:
         need = actor_resources(plan.stages)
-        count, gpus = actor_count(need, ray.cluster_resources(), len(plan.todo), options.num_actors)
-        remote = ray.remote(EmbedActor).options(num_cpus=need.cpus, num_gpus=gpus, max_restarts=0,
+        cluster = ray.cluster_resources()
+        count, gpus = actor_count(need, cluster, len(plan.todo), options.num_actors)
+        cpus = actor_cpus(need, cluster, count, gpus)
+        remote = ray.remote(EmbedActor).options(num_cpus=cpus, num_gpus=gpus, max_restarts=0,
                                                 max_concurrency=1)
 
         def start_actor(index: int, node_ready: set[str]) -> Any:
             actor = remote.remote(plan.stage_specs, plan.stage_args, options, plan.decode, plan.config, index,
-                                  need.cpus)
+                                  cpus)
             node = ray.get(actor.node_id.remote())
             error = ray.get(actor.setup.remote(node not in node_ready))
             if error:

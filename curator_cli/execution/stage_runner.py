@@ -54,6 +54,9 @@ class StageContext:
     running: tuple[str, float] | None = None  # (stage name, time.monotonic() at its call) while one runs
     stage_cpu_seconds: float = 0.0  # CPU time of the calling thread inside the stages' own calls
     staging: HostStaging | None = None  # reusable pinned buffers for the tensor path on CUDA
+    # the batch being run, as the decoders delivered it: (its images, all of them as one N x S x S x 3
+    # array), when they did; a stage given exactly those images gets that array as its tensor
+    ready: tuple[list[np.ndarray], np.ndarray] | None = None
 
 
 # --------------------------------------------------------------------------- decode size
@@ -89,10 +92,21 @@ def decode_request(stages: list[ProcessingStage], override: str | None = None) -
     return min_side, crop
 
 
-def pixel_tensor(images: list[np.ndarray], size: int, device: str, staging: HostStaging | None = None):
+def pixel_tensor(images: list[np.ndarray], size: int, device: str, staging: HostStaging | None = None,
+                 ready: tuple[list[np.ndarray], np.ndarray] | None = None):
     """N x 3 x size x size uint8 tensor from H x W x 3 arrays: in ``staging``'s reusable (pinned) host
-    buffers when given (the CUDA path), else pinned when bound for CUDA."""
+    buffers when given (the CUDA path), else pinned when bound for CUDA. ``ready``: the decoders'
+    batch array and its rows; when ``images`` are exactly those rows, the array is the tensor as it
+    is (copied once into staging for CUDA), no image is touched one by one."""
     import torch
+
+    if ready is not None and len(ready[0]) == len(images) and all(a is b for a, b in zip(images, ready[0])):
+        batch = torch.from_numpy(ready[1])
+        if staging is not None:
+            batch = staging.copy(batch)
+        elif device.startswith("cuda"):
+            batch = batch.pin_memory()
+        return batch.permute(0, 3, 1, 2)
 
     squares = [
         image if isinstance(image, torch.Tensor) else torch.from_numpy(
@@ -189,7 +203,8 @@ def _call_stage_untimed(stage: ProcessingStage, tasks: list[ImageBatch], context
         size = int(stage.decode_size)  # squares are cut only for stages that declare it
 
         def with_tensors(task: ImageBatch):
-            pixels = pixel_tensor([obj.image_data for obj in task.data], size, context.device, context.staging)
+            pixels = pixel_tensor([obj.image_data for obj in task.data], size, context.device, context.staging,
+                                  context.ready)
             try:
                 return stage.process_tensors(pixels, task)
             finally:
@@ -307,9 +322,15 @@ def run_stages(
     }
     filtered: dict[int, str] = {}
     if objects:
-        objects, filtered = _chain_with_backoff(stages, objects, shard_name, task_id, context)
+        if decoded.squares is not None:
+            context.ready = ([obj.image_data for obj in objects.values()], decoded.squares)
+        try:
+            objects, filtered = _chain_with_backoff(stages, objects, shard_name, task_id, context)
+        finally:
+            context.ready = None
 
     rows: list[OutputRow] = []
+    embedded: list[OutputRow] = []
     for i, sample in enumerate(decoded.samples):
         row = OutputRow(
             image_id=sample.image_id,
@@ -323,12 +344,15 @@ def run_stages(
         obj = objects.get(i)
         if obj is not None:
             try:
-                _take_outputs(row, obj, sample, layout)
+                _take_outputs(row, obj, sample)
             except Exception as exc:  # whatever else a stage left on an image costs that image only
                 log.exception("image %s of %s: stage output unusable", sample.image_id, shard_name)
                 row.metadata, row.aesthetic_score, row.nsfw_score, row.embedding = sample.metadata, None, None, None
                 row.error = f"stage output unusable: {type(exc).__name__}: {exc}"
+            if row.embedding is not None:
+                embedded.append(row)
         rows.append(row)
+    _check_embeddings(embedded, layout)
     return rows
 
 
@@ -352,15 +376,17 @@ def _vector(value: Any) -> np.ndarray | None:
         return None
 
 
-def _take_outputs(row: OutputRow, obj: ImageObject, sample: Any, layout: OutputLayout) -> None:
+def _take_outputs(row: OutputRow, obj: ImageObject, sample: Any) -> None:
     """Copy what the stages set on ``obj`` into ``row``, or set ``row.error`` to what cannot be written
-    (the row then keeps no embedding). Only a valid, non-empty embedding fixes the run's dimension."""
+    (the row then keeps no embedding). The embedding is a non-empty 1-D vector here; whether it fits
+    the run (dimension, finite values) is checked for the whole batch at once (:func:`_check_embeddings`)."""
     if not isinstance(obj.metadata, dict):
         row.error = f"stage set metadata to {_a(type(obj.metadata).__name__)}, not a dict"
         return
     # what a stage added or changed; columns that pass through are not written twice
-    row.metadata = {k: v for k, v in obj.metadata.items()
-                    if not (k in sample.passthrough and sample.passthrough[k] is v)}
+    row.metadata = ({k: v for k, v in obj.metadata.items()
+                     if not (k in sample.passthrough and sample.passthrough[k] is v)}
+                    if sample.passthrough else obj.metadata)
     for column in SCORE_COLUMNS:
         value = getattr(obj, column)
         score = None if value is None else _number(value)
@@ -378,19 +404,35 @@ def _take_outputs(row: OutputRow, obj: ImageObject, sample: Any, layout: OutputL
     elif vector.shape[0] == 0:
         row.error = "stage set an empty embedding (0 values)"
     else:
-        if layout.dim is None:
-            layout.dim = int(vector.shape[0])
-        if vector.shape[0] != layout.dim:
-            row.error = f"embedding has dimension {vector.shape[0]}, expected {layout.dim}"
-        elif not np.all(np.isfinite(vector)):
-            row.error = "embedding contains NaN or infinity"
-        elif layout.embedding_dtype == "float16" and not _fits_float16(vector):
-            row.error = "embedding out of float16 range"
+        row.embedding = vector
+
+
+def _check_embeddings(rows: list[OutputRow], layout: OutputLayout) -> None:
+    """Fail the rows whose vector the run cannot write: another dimension than the run's, NaN or
+    infinity, or beyond float16 with ``--embedding-dtype float16``. One numpy pass per vector length
+    (normally one), not one per row. Only a vector that can be written fixes the run's dimension."""
+    if not rows:
+        return
+    by_length: dict[int, list[int]] = {}
+    for position, row in enumerate(rows):
+        by_length.setdefault(row.embedding.shape[0], []).append(position)
+    problem: list[str | None] = [None] * len(rows)
+    for positions in by_length.values():
+        matrix = np.stack([rows[p].embedding for p in positions])
+        finite = np.isfinite(matrix).all(axis=1)
+        if layout.embedding_dtype == "float16":
+            with np.errstate(over="ignore"):
+                fits = np.isfinite(matrix.astype(np.float16)).all(axis=1)  # checked after the cast, as written
         else:
-            row.embedding = vector
-
-
-def _fits_float16(vector: np.ndarray) -> bool:
-    """True when every value stays finite as float16 (checked after the cast, as the writer casts)."""
-    with np.errstate(over="ignore"):
-        return bool(np.all(np.isfinite(vector.astype(np.float16))))
+            fits = finite
+        for index in np.flatnonzero(~(finite & fits)):
+            position = positions[index]
+            problem[position] = ("embedding contains NaN or infinity" if not finite[index]
+                                 else "embedding out of float16 range")
+    if layout.dim is None:
+        layout.dim = next((int(row.embedding.shape[0]) for row, p in zip(rows, problem) if p is None), None)
+    for row, reason in zip(rows, problem):
+        if layout.dim is not None and row.embedding.shape[0] != layout.dim:
+            reason = f"embedding has dimension {row.embedding.shape[0]}, expected {layout.dim}"
+        if reason is not None:
+            row.embedding, row.error = None, reason

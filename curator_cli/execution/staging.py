@@ -51,21 +51,30 @@ class HostStaging:
         """``squares`` (N tensors of one shape) stacked into the next slot: an N x ... view of it."""
         import torch
 
+        view = self._slot((len(squares), *squares[0].shape))
+        torch.stack(list(squares), out=view)
+        return view
+
+    def copy(self, batch: Any) -> Any:
+        """``batch`` (one N x ... tensor, e.g. the decoders' shared memory) copied into the next slot."""
+        view = self._slot(tuple(batch.shape))
+        view.copy_(batch)
+        return view
+
+    def _slot(self, shape: tuple[int, ...]) -> Any:
+        """The next slot, once the device is done with it, as an uninitialised view of ``shape``."""
         slot = self._next
         self._next = (slot + 1) % len(self._buffers)
         if self._fences[slot] is not None:
             self._fences[slot].synchronize()  # the device is done with what this slot held before
             self._fences[slot] = None
-        shape = (len(squares), *squares[0].shape)
         buffer = self._buffers[slot]
         if buffer is None or tuple(buffer.shape[1:]) != shape[1:] or buffer.shape[0] < shape[0]:
             buffer = self._allocate(shape)
             self._buffers[slot] = buffer
             self.allocations += 1
-        view = buffer[: shape[0]]
-        torch.stack(list(squares), out=view)
         self._current = slot
-        return view
+        return buffer[: shape[0]]
 
     def done(self) -> None:
         """The stages returned from the batch last stacked: fence its slot against reuse too early."""

@@ -31,6 +31,8 @@ class WorkerStats:
     # CPU seconds of the process running the pipeline (all its threads, not the decode worker
     # processes), less the stages' own calls: curator's cost in the one process every image passes
     main_cpu_seconds: float = 0.0
+    # CPU seconds the decode workers spent decoding (reading the bytes included), summed over them
+    decode_cpu_seconds: float = 0.0
 
     def count_error(self, error: str) -> None:
         kind = error_kind(error)

@@ -43,6 +43,7 @@ class RunSummary(WorkerStats):
             setattr(self, name, getattr(self, name) + getattr(stats, name))
         self.decode_workers_replaced += stats.decode_workers_replaced
         self.main_cpu_seconds += stats.main_cpu_seconds
+        self.decode_cpu_seconds += stats.decode_cpu_seconds
         for kind, count in stats.errors_by_kind.items():
             self.errors_by_kind[kind] = self.errors_by_kind.get(kind, 0) + count
         self.embedding_dim = self.embedding_dim or stats.embedding_dim
@@ -55,10 +56,17 @@ class RunSummary(WorkerStats):
         what bounds a run whatever the decode workers and the GPU can do."""
         return self.main_cpu_seconds / self.images * 1e6 if self.images else 0.0
 
+    @property
+    def decode_cpu_us_per_image(self) -> float:
+        """Microseconds of decode-worker CPU per image (reading its bytes and decoding it): what one
+        more core buys, compared with a plain Pillow decode of the same size."""
+        return self.decode_cpu_seconds / self.images * 1e6 if self.images else 0.0
+
     def to_dict(self) -> dict:
         data = asdict(self)
         data["images_per_second"] = round(self.images_per_second, 2)
         data["main_cpu_us_per_image"] = round(self.main_cpu_us_per_image, 1)
+        data["decode_cpu_us_per_image"] = round(self.decode_cpu_us_per_image, 1)
         data["shards_failed"] = [asdict(f) for f in self.shards_failed]
         return data
 

@@ -142,28 +142,43 @@ def metadata_json(metadata: dict[str, Any]) -> str:
 
 
 def _embedding_array(rows: list[OutputRow], layout: OutputLayout) -> pa.Array:
-    """Every row's vector; zeros where there is none (no nulls: see the module docstring).
+    """Every row's vector, as one contiguous matrix handed to Arrow as it is; zeros where there is
+    none (no nulls: see the module docstring).
 
     The stage runner has already failed the rows whose vector is not ``dim`` finite values after the
     cast (``execution.stage_runner``); a row that still is not (a caller that skipped it) is written
     as a failed row, zeros and an ``error``, never as ``inf`` or a failed shard."""
     value_type = np.float16 if layout.embedding_dtype == "float16" else np.float32
-    if layout.dim:
-        values = np.zeros((len(rows), layout.dim), dtype=value_type)
-        for i, r in enumerate(rows):
-            if r.embedding is None:
-                continue
-            if np.shape(r.embedding) != (layout.dim,):
-                shape = np.shape(r.embedding)
-                r.embedding, r.error = None, r.error or f"embedding has shape {shape}, expected {layout.dim}"
-                continue
-            with np.errstate(over="ignore", invalid="ignore"):
-                values[i] = r.embedding  # the cast to float16, where asked
-            if not np.all(np.isfinite(values[i])):
-                values[i] = 0
-                r.embedding, r.error = None, r.error or f"embedding out of {layout.embedding_dtype} range"
-        return pa.FixedSizeListArray.from_arrays(pa.array(values.reshape(-1)), layout.dim)
-    return pa.array([None] * len(rows), type=layout.embedding_type())
+    if not layout.dim:
+        return pa.array([None] * len(rows), type=layout.embedding_type())
+    dim = layout.dim
+    values = np.zeros((len(rows), dim), dtype=value_type)
+    filled = []
+    vectors = []
+    for i, r in enumerate(rows):
+        if r.embedding is None:
+            continue
+        if np.shape(r.embedding) != (dim,):
+            shape = np.shape(r.embedding)
+            r.embedding, r.error = None, r.error or f"embedding has shape {shape}, expected {dim}"
+            continue
+        filled.append(i)
+        vectors.append(r.embedding)
+    if filled:
+        with np.errstate(over="ignore", invalid="ignore"):
+            values[filled] = np.stack(vectors)  # the cast to float16, where asked
+        bad = ~np.isfinite(values[filled]).all(axis=1)
+        for i in np.asarray(filled)[bad]:
+            values[i] = 0
+            r = rows[i]
+            r.embedding, r.error = None, r.error or f"embedding out of {layout.embedding_dtype} range"
+    return pa.FixedSizeListArray.from_arrays(pa.array(values.reshape(-1)), dim)
+
+
+def warm_up() -> None:
+    """pyarrow imports pandas (when it is installed) on its first array conversion, about 0.3 s of
+    one CPU: called in the background while the stages load their model, not on the first write."""
+    pa.array([0])
 
 
 def _error(row: OutputRow) -> str | None:

@@ -154,7 +154,7 @@ def test_an_image_whose_worker_is_killed_is_decoded_again_in_a_fresh_worker():
 
 
 def _decode_or_die(data, options):
-    """Stands in for ``decode_one`` in forked workers: ``b"die"`` kills its worker every time,
+    """Stands in for ``picture_one`` in forked workers: ``b"die"`` kills its worker every time,
     ``b"die-once:PATH"`` only while PATH does not exist (it creates it)."""
     if data == b"die":
         os.kill(os.getpid(), signal.SIGKILL)
@@ -164,14 +164,14 @@ def _decode_or_die(data, options):
             marker.touch()
             os.kill(os.getpid(), signal.SIGKILL)
         data = jpeg(5)
-    return original_decode_one(data, options)
+    return original_picture_one(data, options)
 
 
-original_decode_one = pool_module.decode_one
+original_picture_one = pool_module.picture_one
 
 
 def test_an_image_that_kills_two_workers_is_a_crash_row_and_costs_no_other(monkeypatch, tmp_path):
-    monkeypatch.setattr(pool_module, "decode_one", _decode_or_die)  # forked workers inherit it
+    monkeypatch.setattr(pool_module, "picture_one", _decode_or_die)  # forked workers inherit it
     with DecodePool(2, DecodeOptions(), start_method="fork") as pool:
         once = b"die-once:" + str(tmp_path / "died").encode()
         results = pool.submit([jpeg(1), b"die", jpeg(2), once, jpeg(3)]).wait()

@@ -11,7 +11,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from curator_cli.execution.ray import actor_count
+from curator_cli.execution.ray import actor_count, actor_cpus
 from curator_cli.stages.resources import Resources
 
 from conftest import ROOT, img2dataset_tar, stage_spec
@@ -56,6 +56,15 @@ def test_actor_count_follows_resources():
     assert actor_count(Resources(gpus=0.25), {"CPU": 4.0}, 100, None) == (4, 0.0)  # no GPUs: run on CPUs
     assert actor_count(Resources(cpus=2.0), {"CPU": 8.0}, 100, 3) == (3, 0.0)
     assert actor_count(Resources(), {"CPU": 8.0}, 2, None) == (2, 0.0)
+
+
+def test_actors_sharing_a_gpu_share_the_cores_between_them():
+    one_gpu_box = {"GPU": 1.0, "CPU": 16.0}
+    count, gpus = actor_count(Resources(gpus=0.25), one_gpu_box, 100, None)
+    assert (count, gpus) == (4, 0.25)
+    assert actor_cpus(Resources(gpus=0.25), one_gpu_box, count, gpus) == 4.0  # 4 decode workers each, 16 in all
+    assert actor_cpus(Resources(cpus=6.0, gpus=0.25), one_gpu_box, count, gpus) == 6.0  # the stage asks for more
+    assert actor_cpus(Resources(cpus=2.0), {"CPU": 8.0}, 4, 0.0) == 2.0  # CPU actors: what the stage asks
 
 
 def test_ray_run_equals_local_run(cli, tmp_path, ray_cluster):

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from curator_cli.io.names import valid_text
 from curator_cli.options import ReadOptions
@@ -16,10 +16,10 @@ class ShardReadError(Exception):
     """A shard that cannot be read (any further): corrupt, truncated, not the format it claims."""
 
 
-@dataclass(frozen=True)
-class ByteRange:
+class ByteRange(NamedTuple):
     """Where an image's bytes lie in a file. Readers hand this to the decoders instead of the bytes,
-    so the reading of large members happens in the decode worker processes, in parallel."""
+    so the reading of large members happens in the decode worker processes, in parallel. (A named
+    tuple: one is made per image in the main process, and pickled to a worker.)"""
 
     path: str
     offset: int

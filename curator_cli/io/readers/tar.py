@@ -21,14 +21,18 @@ Every member that could be part of a sample is accounted for:
 from __future__ import annotations
 
 import bz2
+import contextlib
 import gzip
 import json
 import lzma
+import mmap
 import posixpath
 import tarfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, NamedTuple
+
+import numpy as np
 
 from curator_cli.io.readers.base import (
     ByteRange,
@@ -70,14 +74,132 @@ def _check_end_marker(handle, offset: int) -> None:
         raise tarfile.ReadError("truncated: no end-of-archive marker after the last member")
 
 
-def _headers(archive: tarfile.TarFile) -> Iterator[tarfile.TarInfo]:
-    """Members of a seekable archive, reading headers only; memory stays flat on large shards."""
-    while True:
-        info = archive.next()
-        if info is None:
+BLOCK = 512
+_USTAR_MAGIC = (b"ustar\x0000", b"ustar  \x00")  # POSIX ustar, GNU
+
+
+class _Plain(NamedTuple):
+    """A plain regular member (the common case), parsed here without building a ``TarInfo``."""
+
+    name: str
+    offset_data: int
+    size: int
+
+
+def _plain_header(block: bytes, offset: int) -> _Plain | None:
+    """The member whose header is ``block`` (at ``offset``) if it is a plain regular file with no
+    extension header, else None (``tarfile`` then reads it, whatever it is). Its checksum is checked
+    later, with many others at once (:class:`_Checksums`)."""
+    if len(block) < BLOCK or block[156:157] not in (b"0", b"\0") or block[257:265] not in _USTAR_MAGIC:
+        return None
+    try:
+        size = int(block[124:136].split(b"\0", 1)[0].strip() or b"0", 8)
+        int(block[148:156].split(b"\0", 1)[0].strip() or b"0", 8)
+    except ValueError:
+        return None
+    name = block[:100].split(b"\0", 1)[0]
+    if block[257:263] == b"ustar\x00" and block[345]:
+        name = block[345:500].split(b"\0", 1)[0] + b"/" + name
+    if not name or name.endswith(b"/"):
+        return None  # an old-style directory entry: tarfile's call
+    return _Plain(name.decode(NAME_ENCODING, "surrogateescape"), offset + BLOCK, size)
+
+
+class _Checksums:
+    """Header checksums of the members parsed here, checked in bulk (numpy over a few hundred
+    headers at a time, not a Python loop over 512 bytes per member): a bad one fails the shard as
+    ``tarfile`` would (``bad checksum``), at the latest when the shard's last member is read."""
+
+    EVERY = 512
+
+    def __init__(self, data: mmap.mmap) -> None:
+        self.data = np.frombuffer(data, dtype=np.uint8)
+        self.offsets: list[int] = []
+
+    def add(self, offset: int) -> None:
+        self.offsets.append(offset)
+        if len(self.offsets) >= self.EVERY:
+            self.check()
+
+    def check(self) -> None:
+        if not self.offsets:
             return
-        archive.members.clear()
-        yield info
+        blocks = self.data[np.asarray(self.offsets)[:, None] + np.arange(BLOCK)]
+        self.offsets = []
+        stored = [int(bytes(b[148:156]).split(b"\0", 1)[0].strip() or b"0", 8) for b in blocks]
+        unsigned = blocks.sum(axis=1, dtype=np.int64) - blocks[:, 148:156].sum(axis=1, dtype=np.int64) + 256
+        bad = np.flatnonzero(np.asarray(stored) != unsigned)
+        for row in bad:  # some old tars sum signed chars; tarfile accepts both
+            signed = blocks[row].view(np.int8).astype(np.int64)
+            if stored[row] != int(signed.sum() - signed[148:156].sum() + 256):
+                raise tarfile.ReadError("bad checksum")
+
+    def release(self) -> None:
+        self.data = None  # type: ignore[assignment]
+
+
+class _Scanner:
+    """Members of an uncompressed tar, headers only, memory flat on large shards. Plain regular
+    members (nearly all of a WebDataset shard) are parsed from a memory map of the file, a few
+    microseconds each; anything else (links, long names, pax headers, sparse files, a header
+    that does not parse) is read by ``tarfile`` from the same offset, so its rules hold."""
+
+    def __init__(self, raw: BinaryIO) -> None:
+        self.raw = raw
+        self.offset = 0  # where the next header is; after the last member: where the end marker is
+        self.archive: tarfile.TarFile | None = None
+        try:
+            self.map: mmap.mmap | None = mmap.mmap(raw.fileno(), 0, access=mmap.ACCESS_READ)
+        except (ValueError, OSError):  # empty, or not mappable: tarfile reads it all
+            self.map = None
+        self.checksums = _Checksums(self.map) if self.map is not None else None
+
+    def __iter__(self) -> Iterator[_Plain | tarfile.TarInfo]:
+        data, checksums = self.map, self.checksums
+        end = len(data) if data is not None else 0
+        while True:
+            offset = self.offset
+            plain = _plain_header(data[offset:offset + BLOCK], offset) if data is not None else None
+            if plain is not None and plain.offset_data + plain.size <= end:
+                checksums.add(offset)
+                self.offset = plain.offset_data + -(-plain.size // BLOCK) * BLOCK
+                yield plain
+                continue
+            if checksums is not None:
+                checksums.check()
+            info = self._by_tarfile()
+            if info is None:
+                return
+            yield info
+
+    def _by_tarfile(self) -> tarfile.TarInfo | None:
+        """The member at ``self.offset`` read by ``tarfile`` (None at the end of the archive)."""
+        if self.archive is None:
+            self.raw.seek(self.offset)
+            self.archive = tarfile.TarFile(fileobj=self.raw, mode="r", encoding=NAME_ENCODING,
+                                           errors="surrogateescape")
+            info = self.archive.firstmember
+            self.archive.firstmember = None
+        else:
+            self.archive.offset = self.offset
+            info = self.archive.next()
+        self.archive.members.clear()
+        self.offset = self.archive.offset
+        return info
+
+    def data(self, member: _Plain | tarfile.TarInfo) -> bytes:
+        """A small member's bytes."""
+        if isinstance(member, _Plain) and self.map is not None:
+            return self.map[member.offset_data:member.offset_data + member.size]
+        assert self.archive is not None
+        handle = self.archive.extractfile(member)
+        return handle.read() if handle is not None else b""
+
+    def close(self) -> None:
+        if self.checksums is not None:
+            self.checksums.release()
+        if self.map is not None:
+            self.map.close()
 
 
 _NOT_FILES = {
@@ -98,12 +220,17 @@ class _Links:
         self.magic = magic
         self.compressed = magic.startswith(COMPRESSED_MAGIC)
         self._data: dict[str, tuple[int, int]] = {}
+        self._normalised = False  # set once a link looked something up: names are normalised from then on
         self._stream: BinaryIO | None = None  # compressed tars: a second decompressing reader
 
     def add(self, name: str, offset: int, size: int) -> None:
-        self._data[posixpath.normpath(name)] = (offset, size)
+        # names are normalised only once a link looks one up (see find): most shards have no link
+        self._data[posixpath.normpath(name) if self._normalised else name] = (offset, size)
 
     def find(self, name: str) -> tuple[int, int] | None:
+        if not self._normalised:
+            self._data = {posixpath.normpath(n): where for n, where in self._data.items()}
+            self._normalised = True
         return self._data.get(posixpath.normpath(name))
 
     def payload(self, info: tarfile.TarInfo) -> Payload:
@@ -148,22 +275,40 @@ def iter_tar_groups(path: Path) -> Iterator[tuple[str, dict[str, Payload]]]:
     magic = _magic(path)
     compressed = magic.startswith(COMPRESSED_MAGIC)
     links = _Links(path, magic)
+    location = str(path)
     try:
-        with open(path, "rb") as raw, tarfile.open(fileobj=raw, mode="r|*" if compressed else "r:",
-                                                   encoding=NAME_ENCODING, errors="surrogateescape") as archive:
-            for info in archive if compressed else _headers(archive):
-                base = posixpath.basename(info.name.rstrip("/"))
+        with contextlib.ExitStack() as stack:
+            raw = stack.enter_context(open(path, "rb"))
+            if compressed:
+                archive = stack.enter_context(tarfile.open(fileobj=raw, mode="r|*", encoding=NAME_ENCODING,
+                                                          errors="surrogateescape"))
+                members_of: Iterator = iter(archive)
+                read_small = _stream_reader(archive)
+            else:
+                scanner = _Scanner(raw)
+                stack.callback(scanner.close)
+                members_of, read_small = iter(scanner), scanner.data
+            for info in members_of:
+                name = info.name.rstrip("/")
+                base = name[name.rfind("/") + 1:]
                 if base.startswith("__") or base.startswith("."):
                     continue
-                key, ext = split_member_name(info.name.rstrip("/"))
+                if "/" in name:
+                    key, ext = split_member_name(name)
+                else:  # the usual WebDataset name, ``KEY.EXT``: split_member_name's result, faster
+                    key, dot, ext = name.partition(".")
+                    ext = ext.lower() if dot else ""
                 payload: Payload
-                if info.isfile():
+                if type(info) is _Plain:
+                    links.add(info.name, info.offset_data, info.size)
+                    payload = (ByteRange(location, info.offset_data, info.size) if info.size > INLINE_BYTES
+                               else read_small(info))
+                elif info.isfile():
                     links.add(info.name, info.offset_data, info.size)
                     if not compressed and info.size > INLINE_BYTES and not info.issparse():
-                        payload = ByteRange(str(path), info.offset_data, info.size)
+                        payload = ByteRange(location, info.offset_data, info.size)
                     else:
-                        handle = archive.extractfile(info)
-                        payload = handle.read() if handle is not None else b""
+                        payload = read_small(info)
                 elif info.islnk() or (info.issym() and ext):
                     payload = links.payload(info)
                 elif info.isdir() and not ext:
@@ -179,7 +324,7 @@ def iter_tar_groups(path: Path) -> Iterator[tuple[str, dict[str, Payload]]]:
                     current_key, members = key, {}
                 members[ext] = payload
             if not compressed:
-                _check_end_marker(raw, archive.offset)
+                _check_end_marker(raw, scanner.offset)
     except (tarfile.TarError, EOFError, OSError, ValueError) as exc:
         if current_key is not None:
             yield current_key, members
@@ -188,6 +333,14 @@ def iter_tar_groups(path: Path) -> Iterator[tuple[str, dict[str, Payload]]]:
         links.close()
     if current_key is not None:
         yield current_key, members
+
+
+def _stream_reader(archive: tarfile.TarFile):
+    """Reads a member's bytes from a compressed tar read as a stream."""
+    def read(info: tarfile.TarInfo) -> bytes:
+        handle = archive.extractfile(info)
+        return handle.read() if handle is not None else b""
+    return read
 
 
 def _magic(path: Path) -> bytes:
@@ -199,8 +352,10 @@ def _decode_text(payload: Payload) -> str:
     return (payload_bytes(payload) or b"").decode("utf-8", errors="replace").strip()
 
 
-def _valid_json(parsed: object) -> object:
+def _valid_json(parsed: object, raw: bytes) -> object:
     """``parsed`` with any lone surrogate (``"\\ud800"`` is valid JSON) replaced, so it can be written as UTF-8."""
+    if b"\\u" not in raw:  # from valid UTF-8 without escapes: no surrogate can be there
+        return parsed
     text = json.dumps(parsed, ensure_ascii=False)
     try:
         text.encode("utf-8")
@@ -221,8 +376,9 @@ def sample_from_members(key: str, members: dict[str, Payload], location: str,
     error = None
     if "json" in usable:
         try:
-            parsed = json.loads(payload_bytes(usable["json"]) or b"{}")
-            metadata = _valid_json(parsed if isinstance(parsed, dict) else {"json": parsed})
+            raw = payload_bytes(usable["json"]) or b"{}"
+            parsed = json.loads(raw)
+            metadata = _valid_json(parsed if isinstance(parsed, dict) else {"json": parsed}, raw)
         except (json.JSONDecodeError, UnicodeDecodeError):
             metadata = {"json_text": _decode_text(usable["json"])}
         except OSError:
