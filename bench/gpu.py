@@ -168,15 +168,18 @@ def curator(inputs: Path, out: Path, stage: list[str], device: str, decode: str,
         "whole_seconds": wall, "whole_images_per_second": images / wall if wall else 0.0,
         "summary": summary,
     }
-    if "main_cpu_us_per_image" in summary:
-        result["main_cpu_us_per_image"] = summary["main_cpu_us_per_image"]
+    for key in ("main_cpu_us_per_image", "decode_cpu_us_per_image"):
+        if key in summary:
+            result[key] = summary[key]
     return result
 
 
 def _line(label: str, run: dict[str, Any]) -> str:
     split = ", ".join(f"{k[8:]} {v:.1f}" for k, v in run["summary"].items()
                       if k.startswith("seconds_") and isinstance(v, (int, float)))
-    main = f", main thread {run['main_cpu_us_per_image']:.0f} us/image" if "main_cpu_us_per_image" in run else ""
+    main = f", main process {run['main_cpu_us_per_image']:.0f} us/image" if "main_cpu_us_per_image" in run else ""
+    if "decode_cpu_us_per_image" in run:
+        main += f", decode workers {run['decode_cpu_us_per_image']:.0f} us/image"
     return (f"{label}: {run['images']} images ({run['images_failed']} failed), {run['images_per_second']:.0f} img/s "
             f"in the summary's span ({run['seconds']:.1f}s), {run['whole_images_per_second']:.0f} img/s whole "
             f"process ({run['whole_seconds']:.1f}s){main}; seconds: {split}")
@@ -390,7 +393,7 @@ def markdown(results: dict[str, Any]) -> str:
         notes = [f"setup {s.get('seconds_setup', 0):.1f}s, wait for input {s.get('seconds_wait_input', 0):.1f}s, "
                  f"stages {s.get('seconds_stages', 0):.1f}s"]
         if "main_cpu_us_per_image" in run:
-            notes.insert(0, f"main thread {run['main_cpu_us_per_image']:.0f} us/image")
+            notes.insert(0, f"main process {run['main_cpu_us_per_image']:.0f} us/image")
         if run.get("images_failed"):
             notes.insert(0, f"**{run['images_failed']} failed**")
         if extra:

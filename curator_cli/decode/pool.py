@@ -63,6 +63,7 @@ from curator_cli.options import DecodeOptions
 READY = "ready"
 JOBS_PER_WORKER = 2  # jobs a worker holds: it starts the next while its answer to the last is read
 ARENA_WAIT_S = 0.2  # how long new_batch waits for a free arena before checking again
+HANG_CHECK_S = 0.1  # how often the dispatcher looks for workers stuck on an image
 OPEN_FILES = 8  # shard files a worker keeps open to read images from (ByteRange)
 PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
@@ -334,6 +335,7 @@ class DecodePool(Decoder):
                 job._finish()
 
     def _loop(self) -> None:
+        checked = 0.0
         while not self._closed:
             self._assign()
             by_conn = {w.conn: w for w in self._workers}
@@ -354,6 +356,9 @@ class DecodePool(Decoder):
                     worker.ready = True
                     continue
                 self._answer(worker, message)
+            if time.monotonic() - checked < HANG_CHECK_S:
+                continue  # a worker's clock costs a read of /proc: not for every message
+            checked = time.monotonic()
             for worker in self._workers:
                 if not worker.assigned:
                     continue

@@ -92,7 +92,8 @@ class Arena:
         self.drop()
         self.generation += 1
         self.name = f"{self.prefix}arena{self.number}-{self.generation}"
-        fd = os.open(self.name, os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o600)
+        # a file of this name can only be a dead run's whose pid this process now has (containers): ours now
+        fd = os.open(self.name, os.O_CREAT | os.O_TRUNC | os.O_RDWR, 0o600)
         try:
             os.ftruncate(fd, size)  # sparse: workers allocate what they write (posix_fallocate)
             self._map = mmap.mmap(fd, size)

@@ -25,8 +25,9 @@ import contextlib
 import gzip
 import json
 import lzma
-import mmap
+import os
 import posixpath
+import struct
 import tarfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -86,21 +87,26 @@ class _Plain(NamedTuple):
     size: int
 
 
+_HEADER = struct.Struct("100s24x12s20x1s100x8s")  # name, size, type flag, magic + version
+
+
 def _plain_header(block: bytes, offset: int) -> _Plain | None:
     """The member whose header is ``block`` (at ``offset``) if it is a plain regular file with no
     extension header, else None (``tarfile`` then reads it, whatever it is). Its checksum is checked
     later, with many others at once (:class:`_Checksums`)."""
-    if len(block) < BLOCK or block[156:157] not in (b"0", b"\0") or block[257:265] not in _USTAR_MAGIC:
+    if len(block) < BLOCK:
+        return None
+    name, size_field, typeflag, magic = _HEADER.unpack_from(block)
+    if typeflag not in (b"0", b"\0") or magic not in _USTAR_MAGIC:
         return None
     try:
-        size = int(block[124:136].split(b"\0", 1)[0].strip() or b"0", 8)
-        int(block[148:156].split(b"\0", 1)[0].strip() or b"0", 8)
+        size = int(size_field.partition(b"\0")[0] or b"0", 8)
     except ValueError:
         return None
-    name = block[:100].split(b"\0", 1)[0]
-    if block[257:263] == b"ustar\x00" and block[345]:
-        name = block[345:500].split(b"\0", 1)[0] + b"/" + name
-    if not name or name.endswith(b"/"):
+    name = name.partition(b"\0")[0]
+    if magic == _USTAR_MAGIC[0] and block[345]:
+        name = block[345:500].partition(b"\0")[0] + b"/" + name
+    if not name or name[-1:] == b"/":
         return None  # an old-style directory entry: tarfile's call
     return _Plain(name.decode(NAME_ENCODING, "surrogateescape"), offset + BLOCK, size)
 
@@ -112,61 +118,66 @@ class _Checksums:
 
     EVERY = 512
 
-    def __init__(self, data: mmap.mmap) -> None:
-        self.data = np.frombuffer(data, dtype=np.uint8)
-        self.offsets: list[int] = []
+    def __init__(self) -> None:
+        self.blocks: list[bytes] = []
 
-    def add(self, offset: int) -> None:
-        self.offsets.append(offset)
-        if len(self.offsets) >= self.EVERY:
+    def add(self, block: bytes) -> None:
+        self.blocks.append(block)
+        if len(self.blocks) >= self.EVERY:
             self.check()
 
     def check(self) -> None:
-        if not self.offsets:
+        if not self.blocks:
             return
-        blocks = self.data[np.asarray(self.offsets)[:, None] + np.arange(BLOCK)]
-        self.offsets = []
-        stored = [int(bytes(b[148:156]).split(b"\0", 1)[0].strip() or b"0", 8) for b in blocks]
+        blocks = np.frombuffer(b"".join(self.blocks), dtype=np.uint8).reshape(-1, BLOCK)
+        stored = [int(block[148:156].partition(b"\0")[0].strip() or b"0", 8) for block in self.blocks]
+        self.blocks = []
         unsigned = blocks.sum(axis=1, dtype=np.int64) - blocks[:, 148:156].sum(axis=1, dtype=np.int64) + 256
-        bad = np.flatnonzero(np.asarray(stored) != unsigned)
-        for row in bad:  # some old tars sum signed chars; tarfile accepts both
+        for row in np.flatnonzero(np.asarray(stored) != unsigned):  # old tars may sum signed chars: tarfile accepts both
             signed = blocks[row].view(np.int8).astype(np.int64)
             if stored[row] != int(signed.sum() - signed[148:156].sum() + 256):
                 raise tarfile.ReadError("bad checksum")
 
-    def release(self) -> None:
-        self.data = None  # type: ignore[assignment]
-
 
 class _Scanner:
     """Members of an uncompressed tar, headers only, memory flat on large shards. Plain regular
-    members (nearly all of a WebDataset shard) are parsed from a memory map of the file, a few
-    microseconds each; anything else (links, long names, pax headers, sparse files, a header
-    that does not parse) is read by ``tarfile`` from the same offset, so its rules hold."""
+    members (nearly all of a WebDataset shard) are parsed here from windows read with ``pread``
+    (one read usually holds a sample's caption and metadata members, their data, and the next
+    image's header), a few microseconds each; anything else (links, long names, pax headers,
+    sparse files, a header that does not parse) is read by ``tarfile`` from the same offset, so
+    its rules hold."""
+
+    WINDOW = 16 << 10
 
     def __init__(self, raw: BinaryIO) -> None:
         self.raw = raw
+        self.fd = raw.fileno()
+        self.size = os.fstat(self.fd).st_size
         self.offset = 0  # where the next header is; after the last member: where the end marker is
         self.archive: tarfile.TarFile | None = None
-        try:
-            self.map: mmap.mmap | None = mmap.mmap(raw.fileno(), 0, access=mmap.ACCESS_READ)
-        except (ValueError, OSError):  # empty, or not mappable: tarfile reads it all
-            self.map = None
-        self.checksums = _Checksums(self.map) if self.map is not None else None
+        self.checksums = _Checksums()
+        self._window = b""
+        self._start = 0
+
+    def _bytes(self, offset: int, size: int) -> bytes:
+        """``size`` bytes of the file from ``offset`` (fewer at its end), from the current window or a new one."""
+        if offset < self._start or offset + size > self._start + len(self._window):
+            self._window = os.pread(self.fd, max(self.WINDOW, size), offset)
+            self._start = offset
+        return self._window[offset - self._start:offset - self._start + size]
 
     def __iter__(self) -> Iterator[_Plain | tarfile.TarInfo]:
-        data, checksums = self.map, self.checksums
-        end = len(data) if data is not None else 0
+        checksums, end = self.checksums, self.size
         while True:
             offset = self.offset
-            plain = _plain_header(data[offset:offset + BLOCK], offset) if data is not None else None
+            block = self._bytes(offset, BLOCK)
+            plain = _plain_header(block, offset)
             if plain is not None and plain.offset_data + plain.size <= end:
-                checksums.add(offset)
+                checksums.add(block)
                 self.offset = plain.offset_data + -(-plain.size // BLOCK) * BLOCK
                 yield plain
                 continue
-            if checksums is not None:
-                checksums.check()
+            checksums.check()
             info = self._by_tarfile()
             if info is None:
                 return
@@ -189,17 +200,11 @@ class _Scanner:
 
     def data(self, member: _Plain | tarfile.TarInfo) -> bytes:
         """A small member's bytes."""
-        if isinstance(member, _Plain) and self.map is not None:
-            return self.map[member.offset_data:member.offset_data + member.size]
+        if type(member) is _Plain:
+            return self._bytes(member.offset_data, member.size)
         assert self.archive is not None
         handle = self.archive.extractfile(member)
         return handle.read() if handle is not None else b""
-
-    def close(self) -> None:
-        if self.checksums is not None:
-            self.checksums.release()
-        if self.map is not None:
-            self.map.close()
 
 
 _NOT_FILES = {
@@ -286,18 +291,18 @@ def iter_tar_groups(path: Path) -> Iterator[tuple[str, dict[str, Payload]]]:
                 read_small = _stream_reader(archive)
             else:
                 scanner = _Scanner(raw)
-                stack.callback(scanner.close)
                 members_of, read_small = iter(scanner), scanner.data
             for info in members_of:
                 name = info.name.rstrip("/")
-                base = name[name.rfind("/") + 1:]
-                if base.startswith("__") or base.startswith("."):
-                    continue
                 if "/" in name:
+                    base = name[name.rfind("/") + 1:]
                     key, ext = split_member_name(name)
                 else:  # the usual WebDataset name, ``KEY.EXT``: split_member_name's result, faster
+                    base = name
                     key, dot, ext = name.partition(".")
                     ext = ext.lower() if dot else ""
+                if base[:1] == "." or base[:2] == "__":
+                    continue
                 payload: Payload
                 if type(info) is _Plain:
                     links.add(info.name, info.offset_data, info.size)
@@ -370,7 +375,9 @@ def sample_from_members(key: str, members: dict[str, Payload], location: str,
     metadata from .json. ``location`` is the tar or folder the members are in (for ``image_path``).
     The image is the first member of those extensions that holds data; if the only ones there are
     :class:`Unusable`, the sample is an error row with the first one's reason."""
-    usable = {ext: payload for ext, payload in members.items() if not isinstance(payload, Unusable)}
+    usable = members
+    if any(type(payload) is Unusable for payload in members.values()):
+        usable = {ext: payload for ext, payload in members.items() if not isinstance(payload, Unusable)}
     image_ext = next((ext for ext in options.image_exts if ext in usable), None)
     metadata: dict = {}
     error = None
