@@ -44,7 +44,9 @@ VARIANTS = {"mean": [("curator-small", "mean-small")], "resnet18": []}
 # curator's own cost per image, on every bench shard: (key, near-free stage). The main process's CPU
 # per image (the stages' calls aside) on the tensor path and on a plain process() stage, both at
 # decode size 256; the decode workers' CPU per image at 224, against the single-core ceiling there.
-COST_RUNS = (("tensor-256", "mean-tensor"), ("process-256", "mean-256"), ("decode-224", "mean-tensor-224"))
+# The decode run has one worker, so that it has a core to itself, as the single-core ceiling does.
+COST_RUNS = (("tensor-256", "mean-tensor", ()), ("process-256", "mean-256", ()),
+             ("decode-224", "mean-tensor-224", ("--num-workers", "1")))
 SAMPLE_SECONDS = 0.05
 
 
@@ -155,7 +157,8 @@ class Bench:
         self.logs_dir = data_dir / "logs"
         self.shards: list[Path] = []
 
-    def system(self, system: str, stage: str, shards: list[Path], tag: str) -> dict[str, Any]:
+    def system(self, system: str, stage: str, shards: list[Path], tag: str,
+               extra: tuple[str, ...] = ()) -> dict[str, Any]:
         """One run of ``system`` with ``stage`` on ``shards``: its own numbers plus wall time and peak RSS."""
         work = self.runs_dir / tag
         shutil.rmtree(work, ignore_errors=True)
@@ -168,7 +171,7 @@ class Bench:
             stage_spec = f"{BENCH_DIR / 'stages.py'}:{STAGES[stage].__name__}"
             inputs = [str(shards[0].parent)] if len(shards) == len(self.shards) else paths
             cmd = [str(curator_bin()), "embed", *inputs, "-o", str(work / "out"), "--stage", stage_spec,
-                   "--summary-json", str(result_file), "-q"]
+                   "--summary-json", str(result_file), "-q", *extra]
         else:
             cmd = [sys.executable, str(BENCH_DIR / "systems.py"), system, *paths, "--stage", stage,
                    "--result", str(result_file), "--out", str(work / "out")]
@@ -405,7 +408,7 @@ def table(results: dict[str, Any]) -> str:
     lines += ["", f"Curator's own cost per image ({plan_images(results)} images, near-free stages, median of runs):", ""]
     labels = {"tensor-256": "tensor path (process_tensors), decode size 256",
               "process-256": "plain process() stage, decode size 256",
-              "decode-224": "tensor path, decode size 224"}
+              "decode-224": "tensor path, decode size 224, one decode worker"}
     for key, r in results["costs"].items():
         lines.append(f"- {labels[key]}: main process {r['main_cpu_us_per_image']:.0f} us "
                      f"(runs: {r.get('all_main_cpu_us_per_image', '')}), decode workers "
@@ -481,8 +484,9 @@ def main(argv: list[str] | None = None) -> int:
 
     print("curator's own cost per image (main process, decode workers) ...", flush=True)
     results["costs"] = {}
-    for key, stage in COST_RUNS:
-        runs = [bench.system("curator", stage, bench.shards, f"cost-{key}-{round_}") for round_ in range(plan.repeats)]
+    for key, stage, extra in COST_RUNS:
+        runs = [bench.system("curator", stage, bench.shards, f"cost-{key}-{round_}", extra)
+                for round_ in range(plan.repeats)]
         results["costs"][key] = median_by(runs, "main_cpu_us_per_image" if key != "decode-224"
                                           else "decode_cpu_us_per_image")
 

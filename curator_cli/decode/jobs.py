@@ -37,7 +37,8 @@ class DecodeJob:
         self.place = pixels.reserve(len(self.payloads)) if pixels is not None and self.payloads else None
         self.results: list[Any] = [None] * len(self.payloads)  # DecodeResult once done
         self.decode_seconds = 0.0
-        self.decode_cpu_seconds = 0.0  # CPU time of the decoding itself (worker threads), where known
+        self.decode_cpu_seconds = 0.0  # CPU time of the decode workers for this job, where known
+        self.spilled = 0  # images that had a place in the batch's arena but came through the pipe
         self.error: BaseException | None = None
         # images whose decode worker died under them once (killed from outside, e.g. by the OOM
         # killer, or a native crash): retried once in a fresh worker; a second death fails the image

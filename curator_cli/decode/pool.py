@@ -143,6 +143,7 @@ def _worker_main(conn: Connection, current: Any, progress: Any, options: DecodeO
     arenas = ArenaWriter()
     files = _Files()
     conn.send(READY)  # timeouts count from here, not from process start-up
+    mark = time.process_time()  # the worker's CPU is reported from here on, messages included
     while True:
         try:
             message = conn.recv()
@@ -153,9 +154,10 @@ def _worker_main(conn: Connection, current: Any, progress: Any, options: DecodeO
         key, indices, payloads, place = message
         progress.value = -1
         current.value = key
-        t0, cpu0 = time.perf_counter(), time.thread_time()
+        t0 = time.perf_counter()
         values = _decode_job(indices, payloads, place, options, arenas, files, progress)
-        conn.send((key, values, time.perf_counter() - t0, time.thread_time() - cpu0))
+        cpu, mark = time.process_time() - mark, time.process_time()  # since the last answer: all of its work
+        conn.send((key, values, time.perf_counter() - t0, cpu))
 
 
 def _decode_job(indices: list[int], payloads: list[Any], place: Place | None, options: DecodeOptions,
@@ -386,6 +388,7 @@ class DecodePool(Decoder):
                 job.results[index] = value
                 if isinstance(value, np.ndarray) and self._arenas is not None:
                     self._arenas.saw(value.nbytes)
+                    job.spilled += job.pixels is not None  # its row in the arena holds nothing
         job.decode_seconds += seconds
         job.decode_cpu_seconds += cpu_seconds
         self._finish_if_done(job)

@@ -66,7 +66,7 @@ class BatchReady:
     def resolve(self) -> DecodedBatch:
         images: list[np.ndarray | None] = [None] * len(self.samples)
         seconds = cpu_seconds = 0.0
-        decoded = 0
+        decoded = spilled = 0
         for positions, job in self.jobs:
             for position, result in zip(positions, job.wait()):
                 if isinstance(result, DecodeFailure):
@@ -76,9 +76,10 @@ class BatchReady:
                     decoded += 1
             seconds += job.decode_seconds
             cpu_seconds += job.decode_cpu_seconds
+            spilled += job.spilled
         pixels, self.pixels = self.pixels, None
-        squares = None
-        if pixels is not None and pixels.stride and decoded == pixels.rows and decoded:
+        squares = None  # the arena's rows are the batch only if every image decoded into its row
+        if pixels is not None and pixels.stride and decoded == pixels.rows and decoded and not spilled:
             side = next(image for image in images if image is not None).shape[0]
             squares = pixels.rows_view(decoded, side)
         return DecodedBatch(self.samples, images, seconds, cpu_seconds, squares, pixels)

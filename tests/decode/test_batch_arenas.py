@@ -102,3 +102,36 @@ def test_pictures_of_any_size_are_packed_and_a_larger_one_than_reserved_still_ar
             assert np.array_equal(image, decode_image(data))
         assert batch.images[3].shape == (1200, 1300, 3)
         assert any(isinstance(image.base, mmap.mmap) for image in batch.images)  # in the arena, not pickled
+
+
+def _die_once(data, options):
+    """``picture_one`` for forked workers: the image whose bytes start with the marker path kills
+    its worker the first time (the marker file is made), then decodes."""
+    from pathlib import Path
+
+    if isinstance(data, bytes) and data.startswith(b"die-once:"):
+        marker_path, _, real = data[len(b"die-once:"):].partition(b"|")
+        marker = Path(marker_path.decode())
+        if not marker.exists():
+            marker.touch()
+            os.kill(os.getpid(), 9)
+        data = real
+    return _picture_one(data, options)
+
+
+from curator_cli.decode import pool as pool_module  # noqa: E402
+
+_picture_one = pool_module.picture_one
+
+
+def test_an_image_retried_after_its_worker_died_is_not_read_from_its_empty_row(tmp_path, monkeypatch):
+    monkeypatch.setattr(pool_module, "picture_one", _die_once)
+    images = [jpeg(i, size=(64, 48)) for i in range(8)]
+    killer = b"die-once:" + str(tmp_path / "died").encode() + b"|" + images[5]
+    shard = _shard(tmp_path, [*images[:5], killer, *images[6:]])
+    for batch, _ in _batches(shard, DecodeOptions(min_side=SIDE, crop=True), batch_size=8):
+        for image, data in zip(batch.images, images):
+            assert np.array_equal(image, decode_image(data, min_side=SIDE, crop=True))
+        if batch.squares is not None:
+            assert np.array_equal(batch.squares[5], decode_image(images[5], min_side=SIDE, crop=True))
+    assert (tmp_path / "died").exists()  # the worker did die under image 5
