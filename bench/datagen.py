@@ -157,3 +157,36 @@ def ensure_dataset(root: Path, spec: DatasetSpec, workers: int = 2) -> list[Path
         list(pool.map(write_shard, paths, range(spec.shards), [spec] * spec.shards))
     stamp.write_text(json.dumps(wanted, indent=2) + "\n")
     return paths
+
+
+def merged_shards(shards: list[Path], root: Path, per_shard: int) -> list[Path]:
+    """The same samples regrouped into shards of ``per_shard`` samples under ``root`` (made once,
+    members copied as they are), for measuring per-image costs apart from per-shard ones: the bench
+    shards hold 250 images where img2dataset writes 10,000."""
+    stamp = root / "merged.json"
+    wanted = {"from": [p.name for p in shards], "sizes": [p.stat().st_size for p in shards], "per_shard": per_shard}
+    if stamp.exists() and json.loads(stamp.read_text()) == wanted:
+        return sorted(root.glob("*.tar"))
+    root.mkdir(parents=True, exist_ok=True)
+    for stale in root.glob("*.tar"):
+        stale.unlink()
+    out: tarfile.TarFile | None = None
+    keys: set[str] = set()
+    written = 0
+    for path in shards:
+        with tarfile.open(path) as archive:
+            for member in archive:
+                key = member.name.split(".", 1)[0]
+                if key not in keys:
+                    if out is None or len(keys) >= per_shard:
+                        if out is not None:
+                            out.close()
+                        out = tarfile.open(root / f"{written:05d}.tar", "w")
+                        written += 1
+                        keys = set()
+                    keys.add(key)
+                out.addfile(member, archive.extractfile(member))
+    if out is not None:
+        out.close()
+    stamp.write_text(json.dumps(wanted, indent=2) + "\n")
+    return sorted(root.glob("*.tar"))
