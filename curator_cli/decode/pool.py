@@ -63,6 +63,7 @@ from curator_cli.options import DecodeOptions
 READY = "ready"
 JOBS_PER_WORKER = 2  # jobs a worker holds: it starts the next while its answer to the last is read
 ARENA_WAIT_S = 0.2  # how long new_batch waits for a free arena before checking again
+UNSEEN = (-2, -2)  # no (job key, position) a worker publishes: the next look restarts its timeout
 HANG_CHECK_S = 0.1  # how often the dispatcher looks for workers stuck on an image
 OPEN_FILES = 8  # shard files a worker keeps open to read images from (ByteRange)
 PR_SET_PDEATHSIG = 1  # linux/prctl.h
@@ -200,7 +201,8 @@ class _Worker:
         self.ready = False
         # (job, key, indices, place) sent and not answered yet, oldest first: two, so a worker never waits for us
         self.assigned: deque[tuple[DecodeJob, int, list[int], Place | None]] = deque()
-        self.seen: tuple[int, int] = (-1, -1)  # the last (job key, position) seen, and when it changed
+        # the last (job key, position) seen, and when it changed; UNSEEN: the timeout restarts at the next look
+        self.seen: tuple[int, int] = UNSEEN
         self.last_progress = 0.0
         self._waited = 0.0  # seconds this worker spent runnable but without a CPU, as last read
         self._clock = 0.0
@@ -320,7 +322,7 @@ class DecodePool(Decoder):
                 while worker.ready and len(worker.assigned) < JOBS_PER_WORKER and self._pending:
                     job, key, indices, place = self._pending.popleft()
                     if not worker.assigned:
-                        worker.last_progress = worker.clock()
+                        worker.seen = UNSEEN  # the timeout counts from now (read at the next look)
                     worker.assigned.append((job, key, indices, place))
                     worker.post((key, indices, [job.payloads[i] for i in indices], place))
 
@@ -377,13 +379,17 @@ class DecodePool(Decoder):
         if not worker.assigned or worker.assigned[0][1] != key:
             return  # not ours (cannot happen: workers answer in order)
         job, _, indices, place = worker.assigned.popleft()
-        worker.last_progress = worker.clock()
+        worker.seen = UNSEEN  # its next job's timeout counts from about now
         arena = job.pixels.arena if place is not None and job.pixels is not None else None
+        rows = None
         for index, value in zip(indices, values):
-            if type(value) is tuple:  # ("at", offset, shape): in the batch's arena
+            if type(value) is tuple and place.stride:  # ("at", offset, shape): a row of the batch's arena
+                if rows is None:  # one array over the job's rows; each image a row of it
+                    rows = arena.view(place.offset, (len(job.payloads), *value[2]))
+                job.results[index] = rows[index]
+            elif type(value) is tuple:  # ("at", offset, shape): packed in the batch's arena
                 job.results[index] = arena.view(value[1], value[2])
-                if not place.stride:
-                    self._arenas.saw(job.results[index].nbytes)
+                self._arenas.saw(job.results[index].nbytes)
             else:  # a failure, or an array that came through the pipe (no arena, or no room in it)
                 job.results[index] = value
                 if isinstance(value, np.ndarray) and self._arenas is not None:

@@ -339,6 +339,7 @@ def run_stages(
             caption=sample.caption,
             metadata=sample.metadata,
             passthrough=sample.passthrough,
+            metadata_text=sample.metadata_text,
             error=sample.error or filtered.get(i),
         )
         obj = objects.get(i)
@@ -348,6 +349,7 @@ def run_stages(
             except Exception as exc:  # whatever else a stage left on an image costs that image only
                 log.exception("image %s of %s: stage output unusable", sample.image_id, shard_name)
                 row.metadata, row.aesthetic_score, row.nsfw_score, row.embedding = sample.metadata, None, None, None
+                row.metadata_text = sample.metadata_text
                 row.error = f"stage output unusable: {type(exc).__name__}: {exc}"
             if row.embedding is not None:
                 embedded.append(row)
@@ -387,6 +389,8 @@ def _take_outputs(row: OutputRow, obj: ImageObject, sample: Any) -> None:
     row.metadata = ({k: v for k, v in obj.metadata.items()
                      if not (k in sample.passthrough and sample.passthrough[k] is v)}
                     if sample.passthrough else obj.metadata)
+    if row.metadata_text is not None and row.metadata != sample.metadata:
+        row.metadata_text = None  # a stage changed it: written from the dict
     for column in SCORE_COLUMNS:
         value = getattr(obj, column)
         score = None if value is None else _number(value)

@@ -49,6 +49,7 @@ class OutputRow:
     caption: str | None = None
     metadata: dict[str, Any] = field(default_factory=dict)
     passthrough: dict[str, Any] = field(default_factory=dict)
+    metadata_text: str | None = None  # ``metadata`` as JSON text, when the reader had it and nothing changed it
     embedding: np.ndarray | None = None
     aesthetic_score: float | None = None
     nsfw_score: float | None = None
@@ -280,7 +281,8 @@ class ShardWriter:
         columns: dict[str, pa.Array] = {  # put in the schema's order at the end
             c: pa.array([getattr(r, c) for r in rows], pa.string()) for c in LEADING_COLUMNS if c != "metadata"
         }
-        columns["metadata"] = pa.array([metadata_json(r.metadata) for r in rows], pa.string())
+        columns["metadata"] = pa.array([r.metadata_text if r.metadata_text is not None else metadata_json(r.metadata)
+                                        for r in rows], pa.string())
         for f in self.passthrough_fields:
             columns[f.name] = pa.array([r.passthrough.get(f.name) for r in rows], f.type)
         columns["embedding"] = _embedding_array(rows, self.layout)

@@ -66,3 +66,6 @@ class Sample:
     metadata: dict[str, Any] = field(default_factory=dict)
     passthrough: dict[str, Any] = field(default_factory=dict)
     error: str | None = None
+    # ``metadata`` as the JSON text it was read from, when it is exactly that text's object (the writer
+    # then writes the text instead of serialising the dict again); None otherwise
+    metadata_text: str | None = None

@@ -380,12 +380,17 @@ def sample_from_members(key: str, members: dict[str, Payload], location: str,
         usable = {ext: payload for ext, payload in members.items() if not isinstance(payload, Unusable)}
     image_ext = next((ext for ext in options.image_exts if ext in usable), None)
     metadata: dict = {}
+    metadata_text = None
     error = None
     if "json" in usable:
         try:
             raw = payload_bytes(usable["json"]) or b"{}"
             parsed = json.loads(raw)
             metadata = _valid_json(parsed if isinstance(parsed, dict) else {"json": parsed}, raw)
+            if metadata is parsed and raw[:1] == b"{" and not any(isinstance(v, (dict, list)) for v in parsed.values()):
+                # the member's own text says the same, and no stage can change it unseen (nothing nested):
+                # written as it is
+                metadata_text = raw.decode("utf-8").strip()
         except (json.JSONDecodeError, UnicodeDecodeError):
             metadata = {"json_text": _decode_text(usable["json"])}
         except OSError:
@@ -408,6 +413,7 @@ def sample_from_members(key: str, members: dict[str, Payload], location: str,
         data=usable.get(image_ext) if image_ext else None,
         caption=caption,
         metadata=metadata,
+        metadata_text=metadata_text,
         error=error,
     )
 
