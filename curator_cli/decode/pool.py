@@ -34,6 +34,7 @@ import glob
 import multiprocessing
 import os
 import queue
+import selectors
 import signal
 import socket
 import sys
@@ -41,7 +42,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Sequence
-from multiprocessing.connection import Connection, wait
+from multiprocessing.connection import Connection
 from typing import Any
 
 import numpy as np
@@ -268,6 +269,7 @@ class DecodePool(Decoder):
             self._arenas = ArenaRing(self._shm_prefix)
         self._wake_r, self._wake_w = socket.socketpair()
         self._workers: list[_Worker] = []
+        self._worker_set = 0  # changes whenever a worker is replaced (the dispatcher watches that set)
         for _ in range(workers):
             self._workers.append(self._new_worker())
         self._pending: deque[tuple[DecodeJob, int, list[int], Place | None]] = deque()
@@ -340,38 +342,55 @@ class DecodePool(Decoder):
 
     def _loop(self) -> None:
         checked = 0.0
-        while not self._closed:
-            self._assign()
-            by_conn = {w.conn: w for w in self._workers}
-            ready = wait([*by_conn, self._wake_r], timeout=min(0.5, self.timeout_s))
-            for conn in ready:
-                if conn is self._wake_r:
-                    self._wake_r.recv(4096)
-                    continue
-                worker = by_conn[conn]
-                try:
-                    message = conn.recv()
-                except (EOFError, OSError):
-                    worker.process.join(timeout=1)
-                    self._replace(worker, f"decoder crashed (worker exit code {worker.process.exitcode})",
-                                  retry=True)
-                    continue
-                if message == READY:
-                    worker.ready = True
-                    continue
-                self._answer(worker, message)
-            if time.monotonic() - checked < HANG_CHECK_S:
-                continue  # a worker's clock costs a read of /proc: not for every message
-            checked = time.monotonic()
-            for worker in self._workers:
-                if not worker.assigned:
-                    continue
-                now = worker.clock()
-                state = (worker.current.value, worker.progress.value)
-                if state != worker.seen:
-                    worker.seen, worker.last_progress = state, now
-                elif now - worker.last_progress > self.timeout_s:
-                    self._replace(worker, f"decode timed out after {self.timeout_s:g}s")
+        selector, watching = selectors.DefaultSelector(), -1
+        try:
+            while not self._closed:
+                self._assign()
+                if watching != self._worker_set:  # workers replaced: watch the new set of pipes
+                    selector.close()
+                    selector, watching = selectors.DefaultSelector(), self._worker_set
+                    selector.register(self._wake_r, selectors.EVENT_READ, None)
+                    for worker in self._workers:
+                        selector.register(worker.conn, selectors.EVENT_READ, worker)
+                ready = selector.select(timeout=min(0.5, self.timeout_s))
+                self._serve(ready)
+                if time.monotonic() - checked >= HANG_CHECK_S:  # a worker's clock costs a read of /proc
+                    checked = time.monotonic()
+                    self._check_hangs()
+        finally:
+            selector.close()
+
+    def _serve(self, ready: list[Any]) -> None:
+        """Read what the ready pipes hold: a wake-up, a worker starting, or a job's answer."""
+        for key, _ in ready:
+            worker = key.data
+            if worker is None:
+                self._wake_r.recv(4096)
+                continue
+            if worker not in self._workers:  # replaced earlier in this round
+                continue
+            try:
+                message = worker.conn.recv()
+            except (EOFError, OSError):
+                worker.process.join(timeout=1)
+                self._replace(worker, f"decoder crashed (worker exit code {worker.process.exitcode})", retry=True)
+                continue
+            if message == READY:
+                worker.ready = True
+                continue
+            self._answer(worker, message)
+
+    def _check_hangs(self) -> None:
+        """Replace a worker whose image has not moved for longer than the timeout (on its CPU clock)."""
+        for worker in list(self._workers):
+            if not worker.assigned:
+                continue
+            now = worker.clock()
+            state = (worker.current.value, worker.progress.value)
+            if state != worker.seen:
+                worker.seen, worker.last_progress = state, now
+            elif now - worker.last_progress > self.timeout_s:
+                self._replace(worker, f"decode timed out after {self.timeout_s:g}s")
 
     def _answer(self, worker: _Worker, message: Any) -> None:
         """A worker's results for its oldest assigned job."""
@@ -428,6 +447,7 @@ class DecodePool(Decoder):
             raise RuntimeError("decode worker processes die before they start; try --num-workers 0")
         slot = self._workers.index(worker)
         self._workers[slot] = self._new_worker()
+        self._worker_set += 1
         self.replaced_workers += 1
         requeue, suspects = [], []
         for job, key, indices, place in entries:
