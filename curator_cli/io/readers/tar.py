@@ -385,12 +385,16 @@ def sample_from_members(key: str, members: dict[str, Payload], location: str,
     if "json" in usable:
         try:
             raw = payload_bytes(usable["json"]) or b"{}"
-            parsed = json.loads(raw)
+            try:
+                text: str | None = raw.decode("utf-8")
+            except UnicodeDecodeError:  # JSON in UTF-16 or -32: json.loads tells those apart itself
+                text = None
+            parsed = json.loads(text if text is not None else raw)
             metadata = _valid_json(parsed if isinstance(parsed, dict) else {"json": parsed}, raw)
-            if metadata is parsed and raw[:1] == b"{" and not any(isinstance(v, (dict, list)) for v in parsed.values()):
-                # the member's own text says the same, and no stage can change it unseen (nothing nested):
-                # written as it is
-                metadata_text = raw.decode("utf-8").strip()
+            if text is not None and metadata is parsed and raw[:1] == b"{" and b"{" not in raw[1:] and b"[" not in raw:
+                # the member's own text says the same, and no stage can change it unseen (nothing nested:
+                # no bracket anywhere, a conservative test): written as it is
+                metadata_text = text.strip()
         except (json.JSONDecodeError, UnicodeDecodeError):
             metadata = {"json_text": _decode_text(usable["json"])}
         except OSError:
