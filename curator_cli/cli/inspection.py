@@ -10,7 +10,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from curator_cli.io.commit import is_hidden
+from curator_cli.io.commit import output_files
 from curator_cli.io.manifest import SUCCESS_FILE
 from curator_cli.io.readers import ReadOptions, ShardReadError, open_shard
 from curator_cli.io.readers.files import iter_files_groups
@@ -18,6 +18,7 @@ from curator_cli.io.readers.img2dataset import failed_mask, read_sidecar
 from curator_cli.io.readers.parquet import ParquetShardReader, resolve_image_file
 from curator_cli.io.readers.tar import iter_tar_groups
 from curator_cli.io.shards import Shard, ShardError, scan_inputs, sidecar_parquet
+from curator_cli.io.totals import count_samples
 from curator_cli.io.writer import error_kind
 
 
@@ -63,6 +64,7 @@ def inspect_inputs(inputs: list[str], keys: int, options: ReadOptions) -> Inspec
         lines.append(scan.skipped_summary())
     summary = f"{len(scan.shards)} shard(s), {total} sample(s)"
     lines.append(summary + (f", {errors} shard(s) unreadable" if errors else ""))
+    lines.append(f"embed's progress total (counted without reading the images): {count_samples(scan.shards).text()}")
     return InspectReport(lines, errors)
 
 
@@ -179,15 +181,9 @@ def _path_only_text(parquet: pq.ParquetFile, column: str, path: Path) -> str:
     return text + (f", {missing} file(s) not found (e.g. {example})" if missing else "")
 
 
-def output_files(output_dir: Path) -> list[Path]:
-    """The finished parquet files of an output directory (temporary and hidden files skipped)."""
-    return sorted(
-        p for p in output_dir.rglob("*.parquet")
-        if not any(is_hidden(part) for part in p.relative_to(output_dir).parts)
-    )
-
-
 def describe_output(output_dir: Path, rows: int) -> str:
+    """``curator show``'s text: files, rows, dimension, errors by kind, the first ``rows`` rows. Reads
+    the footers, the ``error`` column and the first rows only, never the embeddings whole."""
     files = output_files(output_dir)
     if not files:
         raise ValueError(f"no parquet files in {output_dir}")
@@ -196,18 +192,20 @@ def describe_output(output_dir: Path, rows: int) -> str:
     errors: Counter[str] = Counter()
     sample_rows: list[dict] = []
     for path in files:
-        table = pq.read_table(path)
-        total += table.num_rows
-        embedding_type = table.schema.field("embedding").type
+        parquet = pq.ParquetFile(path)
+        schema = parquet.schema_arrow
+        total += parquet.metadata.num_rows
+        embedding_type = schema.field("embedding").type
         if hasattr(embedding_type, "list_size") and embedding_type.list_size > 0:
             dims.add(embedding_type.list_size)
-        for error in table.column("error").to_pylist():
+        for error in parquet.read(columns=["error"]).column("error").to_pylist():
             if error:
                 failed += 1
                 errors[error_kind(error)] += 1
-        if len(sample_rows) < rows:
-            columns = [c for c in ("image_id", "caption", "error") if c in table.column_names]
-            for record in table.select(columns + ["embedding"]).slice(0, rows - len(sample_rows)).to_pylist():
+        if len(sample_rows) < rows and parquet.metadata.num_rows:
+            columns = [c for c in ("image_id", "caption", "error") if c in schema.names]
+            head = next(parquet.iter_batches(batch_size=rows - len(sample_rows), columns=columns + ["embedding"]))
+            for record in head.to_pylist():
                 emb = record.pop("embedding")
                 record["embedding"] = None if emb is None or record.get("error") else "[" + ", ".join(f"{v:.3f}" for v in emb[:4]) + ", ...]"
                 sample_rows.append(record)

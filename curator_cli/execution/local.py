@@ -22,7 +22,7 @@ def run_local(plan: RunPlan) -> RunSummary:
                                 extra={"precision": options.precision, "decode_size": plan.decode.min_side})
         processor = ShardProcessor(plan.stages, options, plan.decode, plan.config, worker)
         processor.start()  # decode workers start before any thread (the progress bar's) or model exists
-        bar = progress_bar(options.progress, len(plan.todo))
+        bar = progress_bar(options.progress, len(plan.todo), plan.expected)
         try:  # run() sets the stages up once the first images are decoding
             outcomes = processor.run(plan.todo, plan.targets, bar)
         finally:

@@ -13,6 +13,7 @@ from curator_cli.execution.summary import RunSummary, ShardFailure
 from curator_cli.io.commit import clean_stale_temporaries
 from curator_cli.io.manifest import SUCCESS_FILE, check_output, input_identity, write_success
 from curator_cli.io.shards import Shard, output_paths
+from curator_cli.io.totals import SampleCounts, count_samples
 from curator_cli.loading.identity import is_legacy_identity, stage_identity
 from curator_cli.options import DecodeOptions, EmbedOptions
 from curator_cli.stages.base import ProcessingStage
@@ -47,6 +48,7 @@ class RunPlan:
     stage_specs: list[str] = field(default_factory=list)
     stage_args: list[str] = field(default_factory=list)
     started: float = field(default_factory=time.perf_counter)
+    expected: SampleCounts | None = None  # rows each shard of ``todo`` will write: the progress bar's total
 
 
 def run_config(stages: list[ProcessingStage], options: EmbedOptions, decode: DecodeOptions) -> dict:
@@ -125,7 +127,7 @@ def plan_run(shards: list[Shard], stages: list[ProcessingStage], options: EmbedO
     clean_stale_temporaries(options.output_dir)
     (options.output_dir / SUCCESS_FILE).unlink(missing_ok=True)
     return RunPlan(stages, options, shards, todo, targets, decode, config, summary,
-                   list(stage_specs or []), list(stage_args or []), started)
+                   list(stage_specs or []), list(stage_args or []), started, expected=count_samples(todo))
 
 
 def finish_run(plan: RunPlan, outcomes: dict[str, ShardOutcome]) -> RunSummary:

@@ -198,7 +198,7 @@ def _schedule(ray: Any, plan: RunPlan, actors: list[Any], replace, options: Embe
     idle = list(range(len(actors)))
     per_actor = [_actor_record(i) for i in range(len(actors))]
     record_of_slot = list(range(len(actors)))  # a replacement actor gets a record of its own
-    bar = progress_bar(options.progress, len(plan.todo))
+    bar = progress_bar(options.progress, len(plan.todo), plan.expected)
     stop = False
     try:
         while (queue and not stop) or in_flight:

@@ -29,6 +29,15 @@ def is_hidden(name: str) -> bool:
     return name.startswith((".", "_"))
 
 
+def output_files(output_dir: Path) -> list[Path]:
+    """The finished parquet files of an output directory, in name order (temporary and hidden files,
+    and those in hidden folders, skipped)."""
+    return sorted(
+        p for p in output_dir.rglob("*.parquet")
+        if not any(is_hidden(part) for part in p.relative_to(output_dir).parts)
+    )
+
+
 def fsync_file(path: Path) -> None:
     with open(path, "rb") as handle:
         os.fsync(handle.fileno())

@@ -128,13 +128,23 @@ def _tar_stem(path: Path) -> str | None:
     return next((path.name[: -len(suffix)] for suffix in TAR_SUFFIXES if low.endswith(suffix)), None)
 
 
-def sidecar_parquet(shard_path: Path) -> Path | None:
-    """img2dataset's metadata ``NNNNN.parquet`` beside a tar ``NNNNN.tar`` or a folder ``NNNNN/``, if there is one."""
+def _beside(shard_path: Path, suffix: str) -> Path | None:
+    """The file ``NNNNN`` + ``suffix`` beside a tar ``NNNNN.tar`` or a folder ``NNNNN/``, if there is one."""
     stem = _tar_stem(shard_path) if shard_path.is_file() else shard_path.resolve().name
     if not stem:
         return None
-    candidate = shard_path.resolve().parent / f"{stem}.parquet"
+    candidate = shard_path.resolve().parent / f"{stem}{suffix}"
     return candidate if candidate.is_file() else None
+
+
+def sidecar_parquet(shard_path: Path) -> Path | None:
+    """img2dataset's metadata ``NNNNN.parquet`` beside a tar ``NNNNN.tar`` or a folder ``NNNNN/``, if there is one."""
+    return _beside(shard_path, ".parquet")
+
+
+def stats_json(shard_path: Path) -> Path | None:
+    """img2dataset's ``NNNNN_stats.json`` beside a tar ``NNNNN.tar`` or a folder ``NNNNN/``, if there is one."""
+    return _beside(shard_path, STATS_SUFFIX)
 
 
 def is_files_layout(folder: Path) -> bool:

@@ -154,5 +154,5 @@ def test_a_status_line_reaches_the_log_while_a_stage_runs_and_the_bar_is_off(tmp
     status = [line for line in log.read_text().splitlines() if " status: " in line]
     assert len(status) >= 3, log.read_text()
     waiting = [line for line in status if re.search(r"waiting on stage 'sleepy' \(\S*s\.tar batch 0\) for \d+s$", line)]
-    assert waiting and "0 images, shards 0/1, " in waiting[0], status
+    assert waiting and "0 of 2 images (0%), shards 0/1, " in waiting[0], status
     assert "status:" not in result.stderr  # the log only: stderr gets the summary, as before
