@@ -76,35 +76,42 @@ QUICK = Plan(spec=DatasetSpec(shards=4, per_shard=40), mean_shards=2, resnet_sha
 
 
 class TreeSampler:
-    """Samples the summed RSS of a process and all its descendants every ``interval`` seconds."""
+    """Samples the summed RSS of a process and all its descendants every ``interval`` seconds, and
+    their summed PSS (proportional set size: a page shared by k processes counts 1/k in each, so
+    shared memory such as curator's batch arenas in /dev/shm, mapped by the main process and every
+    decode worker, counts once; RSS counts it once per process that touched it)."""
 
     def __init__(self, pid: int, interval: float = SAMPLE_SECONDS) -> None:
         self.root = psutil.Process(pid)
         self.interval = interval
         self.peak = 0
+        self.peak_pss = 0
         self.samples = 0
         self.cpu_seconds: dict[int, float] = {}  # last CPU time (user + system) seen per process
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, daemon=True)
 
-    def _total(self) -> int:
-        total = 0
+    def _total(self) -> tuple[int, int]:
+        total = pss = 0
         try:
             procs = [self.root, *self.root.children(recursive=True)]
         except psutil.Error:
-            return 0
+            return 0, 0
         for proc in procs:
             try:
-                total += proc.memory_info().rss
+                full = proc.memory_full_info()
+                total += full.rss
+                pss += getattr(full, "pss", full.rss)
                 times = proc.cpu_times()
                 self.cpu_seconds[proc.pid] = times.user + times.system
             except psutil.Error:
                 pass
-        return total
+        return total, pss
 
     def _loop(self) -> None:
         while not self._stop.is_set():
-            self.peak = max(self.peak, self._total())
+            rss, pss = self._total()
+            self.peak, self.peak_pss = max(self.peak, rss), max(self.peak_pss, pss)
             self.samples += 1
             self._stop.wait(self.interval)
 
@@ -129,6 +136,7 @@ class Measured:
     code: int
     wall: float
     peak_rss: int
+    peak_pss: int
     other_cpu: float  # share of all CPUs busy with processes outside the tree (other work on the machine)
 
 
@@ -144,7 +152,7 @@ def run_measured(cmd: list[str], log: Path) -> Measured:
         wall, busy = time.perf_counter() - t0, _busy_seconds() - busy0
     tree = sum(sampler.cpu_seconds.values())
     other = max(0.0, busy - tree) / (wall * (os.cpu_count() or 1))
-    return Measured(code, wall, sampler.peak, min(1.0, other))
+    return Measured(code, wall, sampler.peak, sampler.peak_pss, min(1.0, other))
 
 
 def curator_bin() -> Path:
@@ -185,7 +193,8 @@ class Bench:
             raise RuntimeError(f"{tag} failed (exit {m.code}); see {self.logs_dir / (tag + '.log')}:\n"
                                + (self.logs_dir / f"{tag}.log").read_text()[-3000:])
         result = json.loads(result_file.read_text())
-        result.update(wall_seconds=m.wall, peak_rss_bytes=m.peak_rss, shards=len(shards), other_cpu=m.other_cpu,
+        result.update(wall_seconds=m.wall, peak_rss_bytes=m.peak_rss, peak_pss_bytes=m.peak_pss, shards=len(shards),
+                      other_cpu=m.other_cpu,
                       load_average_1m=os.getloadavg()[0])
         if system == "curator":
             result["images_per_second"] = result["images"] / result["seconds"]
@@ -338,8 +347,8 @@ def evaluate(results: dict[str, Any]) -> list[dict[str, Any]]:
         (f"(stricter) resnet18: curator ({long['images']} images, past setup) / model alone on ready normalised "
          f"tensors ({precision})", long_past_setup / forward, None),
         ("resnet18: curator / how-to loop >= 1.2", cur_resnet / resnet["howto"]["images_per_second"], 1.2),
-        (f"memory: peak RSS {mem['large']['shards']} shards / {mem['small']['shards']} shards <= 1.1",
-         mem["large"]["peak_rss_bytes"] / mem["small"]["peak_rss_bytes"], 1.1),
+        (f"memory: peak PSS {mem['large']['shards']} shards / {mem['small']['shards']} shards <= 1.1",
+         mem["large"]["peak_pss_bytes"] / mem["small"]["peak_pss_bytes"], 1.1),
     ]
     out = []
     for name, value, threshold in checks:
@@ -396,8 +405,9 @@ def table(results: dict[str, Any]) -> str:
               f"({cores * c['draft_decode_resize224']:.0f})",
               f"- PIL full-size decode to RGB array, no resize: {c['decode_full']:.1f} ({cores * c['decode_full']:.0f})"]
     mem = results["memory"]
-    lines += ["", "Peak RSS of the curator process tree (mean stage): "
-              + ", ".join(f"{r['shards']} shards ({r['images']} images) {r['peak_rss_bytes'] / 2**20:.0f} MiB"
+    lines += ["", "Peak memory of the curator process tree (mean stage), RSS / PSS: "
+              + ", ".join(f"{r['shards']} shards ({r['images']} images) {r['peak_rss_bytes'] / 2**20:.0f} / "
+                          f"{r['peak_pss_bytes'] / 2**20:.0f} MiB"
                           for r in (mem["small"], mem["large"]))]
     lines += ["", "Curator time split (median run, seconds): "]
     for stage, block in results["stages"].items():
