@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from curator_cli import __version__
+from curator_cli.cli.dedup import dedup
 from curator_cli.cli.embed import embed
 from curator_cli.cli.inspect import inspect
 from curator_cli.cli.show import show
@@ -29,5 +30,5 @@ def main() -> None:
     """
 
 
-for _command in (embed, inspect, show, stages):
+for _command in (embed, dedup, inspect, show, stages):
     main.add_command(_command)

@@ -1,0 +1,106 @@
+"""``curator dedup``: the options, parsed once into :class:`~curator_cli.dedup.settings.DedupSettings`;
+the inputs checked; the output lock; the pipeline; the summary and the exit status."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from curator_cli.cli.embed import _os_error, _signals_as_exit, _Terminated
+from curator_cli.cli.exits import EXIT_SIGINT, EXIT_SIGTERM, UsageError
+from curator_cli.dedup.settings import (DEFAULT_NEIGHBOURS, KEEP_HELP, PERCEPTUAL_DEFAULT_THRESHOLD, DedupError,
+                                        DedupSettings, KeepRule, parse_memory)
+
+
+@click.command()
+@click.argument("embeddings", nargs=-1, required=True, metavar="EMBEDDINGS...")
+@click.option("-o", "--output", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Directory for duplicates.parquet, keep.parquet and the work a rerun reuses (_dedup/).")
+@click.option("--threshold", type=click.FloatRange(0, 1, min_open=True), default=None,
+              help=f"Cosine similarity at or above which two images are duplicates (default: "
+                   f"{PERCEPTUAL_DEFAULT_THRESHOLD} for the perceptual stage's embeddings; required for others).")
+@click.option("--keep", "keep_rule", default="first", show_default=True, metavar="RULE",
+              help=f"Which image of a group stays: {KEEP_HELP}.")
+@click.option("--id-column", default="image_id", show_default=True, help="Column with the image id.")
+@click.option("--embedding-column", default="embedding", show_default=True, help="Column with the embedding.")
+@click.option("--max-memory", default="4G", show_default=True, metavar="SIZE",
+              help="Memory the run may use (e.g. 4G, 512M; at least 1G): sizes batches, blocks and the k-means sample.")
+@click.option("--neighbours", type=click.IntRange(0, 64), default=DEFAULT_NEIGHBOURS, show_default=True,
+              help="Neighbouring cells a vector near a cell boundary is also compared with.")
+@click.option("--cells", type=click.IntRange(min=1), default=None,
+              help="k-means cells (default: from the number of vectors; one cell below 4,096 rows).")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+@click.option("--pairs", "write_pairs", is_flag=True, help="Also write pairs.parquet: every pair at or above the threshold.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the k-means sample and initialisation.")
+@click.option("--summary-json", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Also write the end-of-run summary as JSON here.")
+@click.option("-q", "--quiet", is_flag=True, help="Print nothing but errors.")
+def dedup(embeddings, output, threshold, keep_rule, id_column, embedding_column, max_memory, neighbours, cells,
+          device, write_pairs, seed, summary_json, quiet) -> None:
+    """Find near-duplicate images in embedding parquet files and choose one image to keep per group.
+
+    EMBEDDINGS are `curator embed` output folders or files (any stage, any dimension), or other
+    parquet files with an id and an embedding column. Rows whose `error` is set are skipped.
+
+    Writes OUTPUT/duplicates.parquet (one row per image that has a duplicate: group_id, keep,
+    nearest_id, similarity), OUTPUT/keep.parquet (image_id, shard of every image that stays) and
+    _SUCCESS. Rerunning the same command reuses the partitions already done.
+
+    Exit status: 0 done, 2 usage error (no inputs, a missing column, mixed dimensions, a bad
+    option, the output in use), 130/143 interrupted (rerun to resume).
+
+    \b
+    Examples:
+      curator embed photos/ -o embeddings/
+      curator dedup embeddings/ -o dedup/
+      curator dedup clip-embeddings/ -o dedup/ --threshold 0.95 --keep highest:aesthetic_score
+    """
+    from curator_cli.dedup.inputs import find_inputs, open_inputs
+    from curator_cli.dedup.pipeline import run_dedup
+    from curator_cli.io.commit import clean_stale_temporaries
+    from curator_cli.io.lock import LockedError, OutputLock
+    from curator_cli.stages.runtime import DeviceError, resolve_device
+
+    try:
+        settings = DedupSettings(output=output, threshold=threshold, keep=KeepRule.parse(keep_rule),
+                                 id_column=id_column, embedding_column=embedding_column,
+                                 max_memory=parse_memory(max_memory), neighbours=neighbours, cells=cells,
+                                 device=resolve_device(device), write_pairs=write_pairs, seed=seed)
+        paths = find_inputs(list(embeddings), output)
+        if summary_json is not None and summary_json.resolve() in {p.resolve() for p in paths}:
+            raise DedupError(f"--summary-json {summary_json} would overwrite an input; name it FILE.json")
+        inputs = open_inputs(paths, id_column, embedding_column, settings.keep)
+    except (DedupError, DeviceError) as exc:
+        raise UsageError(str(exc)) from None
+
+    def progress(message: str) -> None:
+        if not quiet:
+            click.echo(f"curator dedup: {message}", err=True)
+
+    started = False
+    try:
+        with _signals_as_exit(), OutputLock(output):
+            started = True
+            clean_stale_temporaries(output)
+            summary = run_dedup(settings, inputs, progress)
+    except (LockedError, DedupError) as exc:
+        raise UsageError(str(exc)) from None
+    except OSError as exc:
+        if not started:
+            raise UsageError(f"cannot write to the output directory {output}: {_os_error(exc)}") from None
+        raise UsageError(f"{_os_error(exc)}; finished partitions are kept, rerun the same command to resume") from None
+    except KeyboardInterrupt:
+        click.echo("curator dedup: interrupted; finished partitions are kept, rerun the same command to resume", err=True)
+        sys.exit(EXIT_SIGINT)
+    except _Terminated:
+        click.echo("curator dedup: terminated; finished partitions are kept, rerun the same command to resume", err=True)
+        sys.exit(EXIT_SIGTERM)
+    if summary_json:
+        try:
+            summary.write_json(summary_json)
+        except OSError as exc:
+            raise UsageError(f"cannot write --summary-json: {_os_error(exc)}") from None
+    if not quiet:
+        click.echo(summary.text(), err=True)
