@@ -46,6 +46,8 @@ fi
   "$PY" -c "import sys, torch, torchvision, pyarrow, PIL; print(sys.version.split()[0], 'torch', torch.__version__, 'torchvision', torchvision.__version__, 'pyarrow', pyarrow.__version__, 'pillow', PIL.__version__, 'cuda', torch.cuda.is_available())"
   "$PY" -c "import ray; print('ray', ray.__version__)" 2>/dev/null || echo "ray: not installed (the --executor ray part will be skipped)"
   echo "cores $(nproc)"
+  df -h /dev/shm /tmp . 2>&1 | sed 's/^/disk: /'
+  free -g 2>&1 | sed -n 2p | sed 's/^/memory: /'
 } 2>&1 | tee "$OUT/device.txt"
 
 # the source tree is importable as it is (built-in stages need no install); the install only adds

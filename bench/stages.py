@@ -48,6 +48,25 @@ class MeanPixelStage(ProcessingStage[ImageBatch, ImageBatch]):
 
 
 @dataclass
+class CentrePixelStage(ProcessingStage[ImageBatch, ImageBatch]):
+    """Embedding = the centre pixel's R, G, B (float32): truly near-free on any image size, a plain
+    ``process()`` stage on full-size images. :class:`MeanPixelStage`'s histogram costs ~1 ms per
+    640 x 480 image, so on a 16-core GPU machine that stage, not curator, capped a worker-scaling run
+    near 700 images/s; this one leaves the run bound by reading, decoding and the transport."""
+
+    name: str = "centre_pixel"
+
+    def outputs(self) -> tuple[list[str], list[str]]:
+        return ["data"], ["embedding"]
+
+    def process(self, task: ImageBatch) -> ImageBatch:
+        for obj in task.data:
+            height, width = obj.image_data.shape[:2]
+            obj.embedding = obj.image_data[height // 2, width // 2].astype(np.float32)
+        return task
+
+
+@dataclass
 class MeanPixelSmallStage(MeanPixelStage):
     """:class:`MeanPixelStage` declaring ``decode_size = 32``: a mean needs no resolution.
 

@@ -58,7 +58,7 @@ class Tensors(ProcessingStage[ImageBatch, ImageBatch]):
 class Autocast(ProcessingStage[ImageBatch, ImageBatch]):
     use_autocast = True
     def process(self, task):
-        enabled = torch.is_autocast_enabled("cpu")
+        enabled = torch.is_autocast_enabled("cpu") or torch.is_autocast_enabled("cuda")  # the run's device
         x = torch.ones(len(task.data), 4) @ torch.ones(4, 2)
         for obj, row in zip(task.data, x):
             obj.embedding = torch.cat([row, torch.tensor([float(enabled)], dtype=row.dtype)])

@@ -39,6 +39,9 @@ class DecodeJob:
         self.decode_seconds = 0.0
         self.decode_cpu_seconds = 0.0  # CPU time of the decode workers for this job, where known
         self.spilled = 0  # images that had a place in the batch's arena but came through the pipe
+        # every image of the job as one N x S x S x 3 tensor, in order, when the decoder made them so
+        # (``--decode gpu`` on the tensor path): the stages' batch as it is, no stacking
+        self.squares: Any = None
         self.error: BaseException | None = None
         # images whose decode worker died under them once (killed from outside, e.g. by the OOM
         # killer, or a native crash): retried once in a fresh worker; a second death fails the image

@@ -295,7 +295,7 @@ class DecodePool(Decoder):
         options = self.options
         stride = options.min_side * options.min_side * 3 if options.crop and options.min_side else 0
         guess = 4 * options.min_side * options.min_side * 3 if options.min_side else 1 << 20
-        while not self._closed and self.error is None:
+        while not self._closed and self.error is None and not self._arenas.short:
             pixels = self._arenas.take(images, stride, guess, ARENA_WAIT_S)
             if pixels is not None:
                 return pixels

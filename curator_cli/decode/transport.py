@@ -85,21 +85,29 @@ class Arena:
         self.size = 0
         self._map: mmap.mmap | None = None
 
-    def ensure(self, size: int) -> None:
-        """At least ``size`` bytes (a new file when it must grow: workers map the new name)."""
+    def ensure(self, size: int) -> bool:
+        """At least ``size`` bytes (a new file when it must grow: workers map the new name); False
+        when shared memory is short (the batch's pictures then come through the pipes)."""
         if size <= self.size:
-            return
+            return True
         self.drop()
         self.generation += 1
         self.name = f"{self.prefix}arena{self.number}-{self.generation}"
         # a file of this name can only be a dead run's whose pid this process now has (containers): ours now
         fd = os.open(self.name, os.O_CREAT | os.O_TRUNC | os.O_RDWR, 0o600)
         try:
-            os.ftruncate(fd, size)  # sparse: workers allocate what they write (posix_fallocate)
+            os.ftruncate(fd, size)
+            # allocated once, here: ENOSPC now rather than SIGBUS in a worker, and no allocation (a
+            # syscall, and on gVisor a remapping) per picture written
+            os.posix_fallocate(fd, 0, size)
             self._map = mmap.mmap(fd, size)
+        except OSError:
+            self.drop()
+            return False
         finally:
             os.close(fd)
         self.size = size
+        return True
 
     def view(self, offset: int, shape: tuple[int, ...]) -> np.ndarray:
         """A writable uint8 array over ``shape`` bytes of the arena from ``offset`` (no copy)."""
@@ -175,16 +183,21 @@ class ArenaRing:
         self._all = list(self._free)
         self._ready = threading.Condition()
         self.per_image = 0  # the largest picture seen when packing, in bytes
+        self.short = False  # shared memory ran out: no arenas from here on
 
     def take(self, images: int, stride: int, guess: int, timeout: float) -> PixelBatch | None:
         """An arena for a batch of ``images``: rows of ``stride`` bytes, or packed pictures of about
-        ``guess`` bytes each (the largest seen so far, if larger). None if none is free in time."""
+        ``guess`` bytes each (the largest seen so far, if larger). None if none is free in time, or
+        shared memory is short (then :attr:`short`)."""
         with self._ready:
             if not self._ready.wait_for(lambda: self._free, timeout=timeout):
                 return None
             arena = self._free.pop()
         per_image = 0 if stride else max(guess, self.per_image)
-        arena.ensure(images * (stride or per_image))
+        if not arena.ensure(images * (stride or per_image)):
+            self.short = True  # /dev/shm filled up: later batches use the pipes
+            self.give_back_arena(arena)
+            return None
         return PixelBatch(self, arena, stride, per_image)
 
     def saw(self, nbytes: int) -> None:
@@ -192,8 +205,11 @@ class ArenaRing:
         self.per_image = max(self.per_image, nbytes)
 
     def give_back(self, batch: PixelBatch) -> None:
+        self.give_back_arena(batch.arena)
+
+    def give_back_arena(self, arena: Arena) -> None:
         with self._ready:
-            self._free.append(batch.arena)
+            self._free.append(arena)
             self._ready.notify()
 
     def close(self) -> None:
@@ -229,8 +245,7 @@ class ArenaWriter:
         if offset + size > place.offset + place.capacity or (place.stride and size != place.stride):
             return None
         try:
-            view, fd = self._open(place.arena)
-            os.posix_fallocate(fd, offset, size)  # ENOSPC here, rather than SIGBUS on write
+            view, _ = self._open(place.arena)  # allocated whole by the main process (Arena.ensure)
             view[offset:offset + size] = picture.tobytes()
         except (OSError, ValueError):
             return None

@@ -30,7 +30,8 @@ class DecodedBatch:
     """Consecutive samples of one shard; ``images[i]`` is None when ``samples[i].error`` is set.
 
     ``squares``: on the tensor path, when every image decoded, all of them as one
-    ``N x S x S x 3`` array in input order (``images`` are its rows): the stages' batch as it is.
+    ``N x S x S x 3`` array in input order (``images`` are its rows): the stages' batch as it is
+    (a CUDA tensor when the GPU decoder made it).
     The images may be views of the decoder's shared memory, valid until :meth:`release`."""
 
     samples: list[Sample]
@@ -82,6 +83,8 @@ class BatchReady:
         if pixels is not None and pixels.stride and decoded == pixels.rows and decoded and not spilled:
             side = next(image for image in images if image is not None).shape[0]
             squares = pixels.rows_view(decoded, side)
+        elif len(self.jobs) == 1 and self.jobs[0][1].squares is not None and decoded == len(self.samples):
+            squares = self.jobs[0][1].squares  # the GPU decoder's batch: one tensor on the device
         return DecodedBatch(self.samples, images, seconds, cpu_seconds, squares, pixels)
 
     def abandon(self) -> None:

@@ -28,7 +28,7 @@ from curator_cli.decode.pool import DecodePool
 from curator_cli.execution.feeder import BatchReady, Feeder, FeederCrashed, ShardFinished, ShardOpened
 from curator_cli.execution.plan import ShardOutcome
 from curator_cli.execution.progress import report_failure, set_activity
-from curator_cli.execution.staging import HostStaging
+from curator_cli.stages.staging import HostStaging
 from curator_cli.execution.stage_runner import StageContext, StageFailure, run_stages
 from curator_cli.execution.stats import WorkerStats, process_cpu_seconds
 from curator_cli.io.manifest import Manifest, input_identity

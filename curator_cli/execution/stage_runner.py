@@ -22,7 +22,7 @@ import numpy as np
 from PIL import Image
 
 from curator_cli.execution.feeder import DecodedBatch
-from curator_cli.execution.staging import HostStaging
+from curator_cli.stages.staging import HostStaging
 from curator_cli.decode.pillow import square_crop
 from curator_cli.stages.base import ProcessingStage, apply_to_tasks
 from curator_cli.stages.runtime import precision_context
@@ -55,8 +55,9 @@ class StageContext:
     stage_cpu_seconds: float = 0.0  # CPU time of the calling thread inside the stages' own calls
     staging: HostStaging | None = None  # reusable pinned buffers for the tensor path on CUDA
     # the batch being run, as the decoders delivered it: (its images, all of them as one N x S x S x 3
-    # array), when they did; a stage given exactly those images gets that array as its tensor
-    ready: tuple[list[np.ndarray], np.ndarray] | None = None
+    # array, or CUDA tensor with --decode gpu), when they did; a stage given exactly those images gets
+    # that as its tensor
+    ready: tuple[list[Any], Any] | None = None
 
 
 # --------------------------------------------------------------------------- decode size
@@ -93,18 +94,22 @@ def decode_request(stages: list[ProcessingStage], override: str | None = None) -
 
 
 def pixel_tensor(images: list[np.ndarray], size: int, device: str, staging: HostStaging | None = None,
-                 ready: tuple[list[np.ndarray], np.ndarray] | None = None):
+                 ready: tuple[list[Any], Any] | None = None):
     """N x 3 x size x size uint8 tensor from H x W x 3 arrays: in ``staging``'s reusable (pinned) host
     buffers when given (the CUDA path), else pinned when bound for CUDA. ``ready``: the decoders'
-    batch array and its rows; when ``images`` are exactly those rows, the array is the tensor as it
-    is (copied once into staging for CUDA), no image is touched one by one."""
+    batch's rows and the batch as one array; when ``images`` are exactly those rows, the array is the
+    tensor as it is (copied once into staging for CUDA), no image is touched one by one."""
     import torch
 
     if ready is not None and len(ready[0]) == len(images) and all(a is b for a, b in zip(images, ready[0])):
-        batch = torch.from_numpy(ready[1])
+        if isinstance(ready[1], torch.Tensor):  # --decode gpu: already on the device
+            if ready[1].is_cuda:  # made on the decoder's stream: not to be reused before this one is done
+                ready[1].record_stream(torch.cuda.current_stream(ready[1].device))
+            return ready[1].permute(0, 3, 1, 2)
         if staging is not None:
-            batch = staging.copy(batch)
-        elif device.startswith("cuda"):
+            return staging.copy(ready[1]).permute(0, 3, 1, 2)
+        batch = torch.from_numpy(ready[1])
+        if device.startswith("cuda"):
             batch = batch.pin_memory()
         return batch.permute(0, 3, 1, 2)
 

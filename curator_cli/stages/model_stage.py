@@ -30,10 +30,12 @@ class ModelEmbeddingMixin:
         return self._embed(task, [obj.image_data for obj in task.data])
 
     def process_tensors(self, pixels: Any, task: ImageBatch) -> ImageBatch:
-        """Tensor fast path: the decoders already cut ``decode_size`` squares (N x 3 x S x S uint8)."""
-        return self._embed(task, list(pixels.permute(0, 2, 3, 1)))
+        """Tensor fast path: the decoders already cut ``decode_size`` squares (N x 3 x S x S uint8),
+        which go to the device as one tensor (never split into images and stacked again)."""
+        return self._embed(task, pixels.permute(0, 2, 3, 1))
 
-    def _embed(self, task: ImageBatch, images: list[Any]) -> ImageBatch:
+    def _embed(self, task: ImageBatch, images: list[Any] | Any) -> ImageBatch:
+        """``images``: H x W x 3 arrays, or one N x H x W x 3 uint8 tensor."""
         import torch.nn.functional as F
 
         if self._model is None:

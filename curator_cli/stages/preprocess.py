@@ -14,6 +14,8 @@ from typing import Any
 
 import numpy as np
 
+from curator_cli.stages.staging import upload
+
 INTERPOLATIONS = ("bilinear", "bicubic")
 
 
@@ -24,9 +26,9 @@ def stacked_by_shape(images: Sequence[Any], device: Any = None,
     Yields ``(indices, pixels)`` for each shape, in order of first appearance: the positions in
     ``images`` of the images of that shape (at most ``limit`` of them at a time; None entries are
     skipped) and one tensor of them stacked along a new first dimension, each in its own layout
-    (H x W x C arrays give N x H x W x C). Numpy arrays are uploaded to ``device`` (through pinned
-    memory when it is CUDA); tensors, e.g. decoded on the GPU, are moved there; with ``device``
-    None everything stays where it is.
+    (H x W x C arrays give N x H x W x C). Numpy arrays are uploaded to ``device`` (on CUDA through
+    the reusable pinned ring of :func:`~curator_cli.stages.staging.upload`); tensors, e.g. decoded
+    on the GPU, are moved there; with ``device`` None everything stays where it is.
     """
     import torch
 
@@ -34,7 +36,7 @@ def stacked_by_shape(images: Sequence[Any], device: Any = None,
     for index, image in enumerate(images):
         if image is not None:
             groups.setdefault(tuple(image.shape), []).append(index)
-    pin = device is not None and torch.device(device).type == "cuda"
+    cuda = device is not None and torch.device(device).type == "cuda"
     for members in groups.values():
         step = limit or len(members)
         for start in range(0, len(members), step):
@@ -44,11 +46,12 @@ def stacked_by_shape(images: Sequence[Any], device: Any = None,
                 pixels = torch.stack(group)
                 yield indices, pixels if device is None else pixels.to(device)
                 continue
-            pixels = torch.from_numpy(np.stack([np.asarray(image.cpu()) if isinstance(image, torch.Tensor)
-                                                else image for image in group]))
-            if pin:
-                pixels = pixels.pin_memory()
-            yield indices, pixels if device is None else pixels.to(device, non_blocking=pin)
+            arrays = [np.asarray(image.cpu()) if isinstance(image, torch.Tensor) else image for image in group]
+            if cuda and arrays[0].dtype == np.uint8:
+                yield indices, upload(arrays, device)
+                continue
+            pixels = torch.from_numpy(np.stack(arrays))
+            yield indices, pixels if device is None else pixels.to(device)
 
 
 @dataclass(frozen=True)
@@ -82,14 +85,20 @@ class Preprocess:
         new_long = max(self.resize_size, int(self.resize_size * long / short))
         return (self.resize_size, new_long) if height <= width else (new_long, self.resize_size)
 
-    def __call__(self, images: Sequence[np.ndarray], device: Any) -> Any:  # -> torch.Tensor
-        """H x W x 3 uint8 arrays (or tensors) -> normalised float32 tensor (N, 3, crop, crop) on ``device``."""
+    def __call__(self, images: Sequence[np.ndarray] | Any, device: Any) -> Any:  # -> torch.Tensor
+        """H x W x 3 uint8 arrays (or tensors), or one N x H x W x 3 uint8 tensor (the tensor fast
+        path's batch, moved to ``device`` as one piece: from pinned memory, asynchronously) ->
+        normalised float32 tensor (N, 3, crop, crop) on ``device``."""
         import torch
         import torch.nn.functional as F
 
         device = torch.device(device)
         out = torch.empty((len(images), 3, self.crop_size, self.crop_size), dtype=torch.float32, device=device)
-        for indices, pixels in stacked_by_shape(images, device):
+        if isinstance(images, torch.Tensor):
+            groups: Any = [(slice(None), images.to(device, non_blocking=images.is_pinned()))]
+        else:
+            groups = stacked_by_shape(images, device)
+        for indices, pixels in groups:
             height, width = pixels.shape[1:3]
             x = pixels.permute(0, 3, 1, 2).float().div_(255.0)
             new_h, new_w = self._resized_shape(height, width)

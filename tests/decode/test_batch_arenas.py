@@ -16,6 +16,7 @@ from curator_cli.decode.pillow import decode_image
 from curator_cli.decode.pool import DecodePool
 from curator_cli.decode.transport import ARENAS, shared_memory_usable
 from curator_cli.execution.feeder import BatchReady, Feeder
+from curator_cli.stages.staging import HostStaging
 from curator_cli.execution.stage_runner import pixel_tensor
 from curator_cli.io.readers.base import ReadOptions
 from curator_cli.io.shards import scan_inputs
@@ -74,6 +75,26 @@ def test_tensor_path_batches_are_views_of_one_shared_array_reused_across_batches
     assert seen == 40
     assert len(names) <= ARENAS  # five batches, never more arenas than batches in flight
     assert not [n for n in os.listdir("/dev/shm") if n.startswith(f"curator-{os.getpid()}-")]  # gone with the pool
+
+
+def test_for_cuda_each_batch_is_copied_once_into_a_reused_staging_buffer(tmp_path):
+    """The CUDA path: each batch's arena is copied into a staging slot (pinned memory on CUDA); the
+    slots are allocated once, not per batch."""
+    images = [jpeg(i, size=(40 + i % 5, 56)) for i in range(48)]
+    shard = _shard(tmp_path, images)
+    staging = HostStaging(allocate=lambda shape: __import__("torch").zeros(shape, dtype=__import__("torch").uint8),
+                          fence=None)
+    seen = 0
+    for batch, _ in _batches(shard, DecodeOptions(min_side=SIDE, crop=True), batch_size=8):
+        tensor = pixel_tensor(batch.images, SIDE, "cuda", staging, ready=(batch.images, batch.squares))
+        rows = tensor.permute(0, 2, 3, 1).numpy()
+        assert not np.shares_memory(rows, batch.squares)
+        for position, image in enumerate(batch.images):
+            assert np.array_equal(rows[position], decode_image(images[seen + position], min_side=SIDE, crop=True))
+        staging.done()
+        seen += len(batch.images)
+    assert seen == 48
+    assert staging.allocations == 3  # one per slot, whatever the number of batches
 
 
 def test_a_failed_image_leaves_the_others_in_place_and_the_batch_is_stacked_instead(tmp_path):

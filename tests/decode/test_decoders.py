@@ -63,6 +63,17 @@ def test_gpu_decoder_logic_with_the_cpu_standing_in_for_nvjpeg():
     alone = decoder.submit([photo]).wait()[0]
     together = decoder.submit([jpeg(7, (160, 96)), photo, jpeg(8, (160, 96))]).wait()
     assert torch.equal(together[1], alone) and torch.equal(alone, square)
+    # a job whose every image became a square hands them over as one batch tensor: its rows are the
+    # images, and the stages' tensor is that batch (no per-image stacking); otherwise there is none
+    from curator_cli.execution.stage_runner import pixel_tensor
+
+    job = decoder.submit([jpeg(7, (160, 96)), photo, jpeg(9, (50, 70))])
+    images = job.wait()
+    assert job.squares is not None and tuple(job.squares.shape) == (3, 64, 64, 3)
+    assert all(torch.equal(job.squares[k], image) for k, image in enumerate(images))
+    tensor = pixel_tensor(images, 64, "cpu", ready=(images, job.squares))
+    assert tensor.shape == (3, 3, 64, 64) and tensor.data_ptr() == job.squares.data_ptr()
+    assert decoder.submit([photo, png]).squares is None  # one image decoded on the CPU
     decoder.options = DecodeOptions(max_pixels=200 * 200)  # full size: H x W x 3 arrays, as decoded
     assert decoder.submit([photo]).wait()[0].shape == (96, 160, 3)
 

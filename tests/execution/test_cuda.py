@@ -90,3 +90,36 @@ def test_a_real_cuda_out_of_memory_halves_the_batch(cli, tmp_path):
     table = read_output(tmp_path / "out" / "s.parquet")
     assert table.num_rows == 9 and table.column("error").null_count == 9
     assert json.loads((tmp_path / "s.json").read_text())["stage_batch_size"] <= 2
+
+
+def test_stage_uploads_reuse_pinned_buffers_and_keep_each_batch_intact():
+    """``upload`` (what Preprocess uses for a stage's own arrays): one pinned ring, not a page-locked
+    allocation per batch, and a batch being uploaded is never overwritten by the next."""
+    from curator_cli.stages import staging
+
+    rng = np.random.default_rng(0)
+    batches = [[rng.integers(0, 255, (40, 30, 3), dtype=np.uint8) for _ in range(8)] for _ in range(6)]
+    on_gpu = [staging.upload(arrays, "cuda") for arrays in batches]
+    torch.cuda.synchronize()
+    for arrays, pixels in zip(batches, on_gpu):
+        assert pixels.is_cuda and np.array_equal(pixels.cpu().numpy(), np.stack(arrays))
+    assert staging._UPLOADS[str(torch.device("cuda"))].allocations == staging.SLOTS
+
+
+def test_the_tensor_fast_path_batch_reaches_the_model_as_one_tensor_with_the_same_embeddings(resnet):
+    """``process_tensors`` on a pinned batch gives the embeddings ``process`` gives on its images."""
+    from curator_cli.stages.builtin.torchvision_embedding import TorchvisionEmbeddingStage
+    from curator_cli.tasks import ImageBatch, ImageObject
+
+    stage = TorchvisionEmbeddingStage(model="resnet18", weights=resnet[-1].split("=", 1)[1])
+    stage.setup()
+    rng = np.random.default_rng(1)
+    squares = rng.integers(0, 255, (6, 256, 256, 3), dtype=np.uint8)
+
+    def task():
+        return ImageBatch(data=[ImageObject(image_id=str(i), image_data=squares[i]) for i in range(6)])
+
+    plain = [obj.embedding for obj in stage.process(task()).data]
+    pinned = torch.from_numpy(squares).pin_memory().permute(0, 3, 1, 2)
+    fast = [obj.embedding for obj in stage.process_tensors(pinned, task()).data]
+    assert all(np.allclose(a, b, atol=1e-4) for a, b in zip(plain, fast))

@@ -1,5 +1,5 @@
 """The CUDA path allocates no host buffer per batch: batches bound for the GPU are stacked into a
-small ring of reusable pinned buffers (``execution/staging.py``). Here the CPU stands in for pinned
+small ring of reusable pinned buffers (``stages/staging.py``). Here the CPU stands in for pinned
 memory and CUDA events, and the allocations are counted through the whole stage runner."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import torch
 
 from curator_cli.execution.feeder import DecodedBatch
 from curator_cli.execution.stage_runner import StageContext, run_stages
-from curator_cli.execution.staging import SLOTS, HostStaging
+from curator_cli.stages.staging import SLOTS, HostStaging
 from curator_cli.io.readers.base import Sample
 from curator_cli.io.writer import OutputLayout
 from curator_cli.stages.base import ProcessingStage

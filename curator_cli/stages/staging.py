@@ -8,8 +8,11 @@ A slot is reused only after the work queued on the device while its batch was in
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Sequence
 from typing import Any
+
+import numpy as np
 
 SLOTS = 3  # one in the stages' hands, one being filled, one whose upload may still be running
 
@@ -55,10 +58,19 @@ class HostStaging:
         torch.stack(list(squares), out=view)
         return view
 
-    def copy(self, batch: Any) -> Any:
-        """``batch`` (one N x ... tensor, e.g. the decoders' shared memory) copied into the next slot."""
+    def stack_arrays(self, arrays: Sequence[np.ndarray]) -> Any:
+        """``arrays`` (N uint8 arrays of one shape) stacked into the next slot by numpy (one thread:
+        the decode workers need the cores more than this copy needs torch's thread pool)."""
+        view = self._slot((len(arrays), *arrays[0].shape))
+        np.stack(arrays, out=view.numpy())
+        return view
+
+    def copy(self, batch: np.ndarray) -> Any:
+        """``batch`` (one N x ... uint8 array, e.g. the decoders' shared memory) copied into the next
+        slot by numpy, on one thread: torch's ``copy_`` ran on all 16 intra-op threads of an H200
+        machine for a 50 MB batch (4 ms of wall time, 58 ms of CPU) beside 16 decode workers."""
         view = self._slot(tuple(batch.shape))
-        view.copy_(batch)
+        np.copyto(view.numpy(), batch)
         return view
 
     def _slot(self, shape: tuple[int, ...]) -> Any:
@@ -81,3 +93,23 @@ class HostStaging:
         if self._current is not None and self._fence is not None:
             self._fences[self._current] = self._fence()
         self._current = None
+
+
+_UPLOADS: dict[str, HostStaging] = {}  # per CUDA device, for the stages' own uploads (``upload``)
+_UPLOADS_LOCK = threading.Lock()
+
+
+def upload(arrays: Sequence[np.ndarray], device: Any) -> Any:  # -> torch.Tensor on ``device``
+    """``arrays`` (uint8, one shape) stacked into one tensor on the CUDA ``device``: a copy into this
+    process's reusable pinned ring and an asynchronous upload, instead of ``pin_memory()`` per batch
+    (a fresh page-locked allocation each time) or a synchronous copy from pageable memory."""
+    import torch
+
+    device = torch.device(device)
+    with _UPLOADS_LOCK, torch.cuda.device(device):
+        staging = _UPLOADS.get(str(device))
+        if staging is None:
+            staging = _UPLOADS[str(device)] = HostStaging()
+        pixels = staging.stack_arrays(arrays).to(device, non_blocking=True)
+        staging.done()  # the slot is reused once this upload (queued on the current stream) is done
+    return pixels
