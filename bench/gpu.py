@@ -80,7 +80,7 @@ PARTS = [
     Part("pillow_core", 30),
     Part("plain_stage", 90, copies=4),
     Part("whole_64k", 100, copies=16, cuda_only=True),
-    Part("workers", 80, copies=2),
+    Part("workers", 90, copies=4),
     Part("ray", 100, copies=4),
 ]
 QUICK_TIMEOUT = 120  # per part, in --quick
