@@ -121,11 +121,11 @@ class _Files:
         self._fds.clear()
 
 
-def _worker_main(conn: Connection, current: Any, progress: Any, options: DecodeOptions,
+def _worker_main(conn: Connection, current: Any, progress: Any, moved: Any, options: DecodeOptions,
                  nice: int, parent_pid: int, inherited: list[Any]) -> None:
     """Decode jobs until told to stop. ``current`` and ``progress`` (shared memory) hold the key of
-    the job being decoded and the position in it: the parent's watch on hangs and crashes, at no
-    message cost. ``inherited``: the parent's ends of the pool's pipes and sockets, copied into this
+    the job being decoded and the position in it, ``moved`` the ``time.monotonic()`` at which they
+    last changed: the parent's watch on hangs and crashes, at no message cost. ``inherited``: the parent's ends of the pool's pipes and sockets, copied into this
     process by fork, closed here at once (so that this worker never keeps a pipe open, its own
     included)."""
     die_with_parent(parent_pid)
@@ -154,21 +154,23 @@ def _worker_main(conn: Connection, current: Any, progress: Any, options: DecodeO
         if message is None:
             return
         key, indices, payloads, place = message
+        moved.value = time.monotonic()
         progress.value = -1
         current.value = key
         t0 = time.perf_counter()
-        values = _decode_job(indices, payloads, place, options, arenas, files, progress)
+        values = _decode_job(indices, payloads, place, options, arenas, files, progress, moved)
         cpu, mark = time.process_time() - mark, time.process_time()  # since the last answer: all of its work
         conn.send((key, values, time.perf_counter() - t0, cpu))
 
 
 def _decode_job(indices: list[int], payloads: list[Any], place: Place | None, options: DecodeOptions,
-                arenas: ArenaWriter, files: _Files, progress: Any) -> list[Any]:
+                arenas: ArenaWriter, files: _Files, progress: Any, moved: Any) -> list[Any]:
     """One job's answer, an item per image: a failure's reason, ``("at", offset, shape)`` for a
     picture written into the batch's arena, or an array (no arena, or it did not fit)."""
     values: list[Any] = []
     cursor = place.offset if place is not None else 0
     for position, (index, data) in enumerate(zip(indices, payloads)):
+        moved.value = time.monotonic()
         progress.value = position
         picture = picture_one(files.read(data), options)
         if isinstance(picture, DecodeFailure):
@@ -193,9 +195,10 @@ class _Worker:
         self.conn, child = ctx.Pipe(duplex=True)
         self.current = ctx.RawValue("q", -1)
         self.progress = ctx.RawValue("q", -1)
+        self.moved = ctx.RawValue("d", 0.0)
         close_in_child = [*inherited, self.conn] if ctx.get_start_method() == "fork" else []
         self.process = ctx.Process(target=_worker_main, daemon=True,
-                                   args=(child, self.current, self.progress, options, nice,
+                                   args=(child, self.current, self.progress, self.moved, options, nice,
                                          os.getpid(), close_in_child))
         self.process.start()
         child.close()
@@ -204,6 +207,7 @@ class _Worker:
         self.assigned: deque[tuple[DecodeJob, int, list[int], Place | None]] = deque()
         # the last (job key, position) seen, and when it changed; UNSEEN: the timeout restarts at the next look
         self.seen: tuple[int, int] = UNSEEN
+        self.reset_at = 0.0  # time.monotonic() when ``seen`` was last set to UNSEEN
         self.last_progress = 0.0
         self._waited = 0.0  # seconds this worker spent runnable but without a CPU, as last read
         self._clock = 0.0
@@ -324,7 +328,7 @@ class DecodePool(Decoder):
                 while worker.ready and len(worker.assigned) < JOBS_PER_WORKER and self._pending:
                     job, key, indices, place = self._pending.popleft()
                     if not worker.assigned:
-                        worker.seen = UNSEEN  # the timeout counts from now (read at the next look)
+                        worker.seen, worker.reset_at = UNSEEN, time.monotonic()  # the timeout counts from now
                     worker.assigned.append((job, key, indices, place))
                     worker.post((key, indices, [job.payloads[i] for i in indices], place))
 
@@ -388,7 +392,10 @@ class DecodePool(Decoder):
             now = worker.clock()
             state = (worker.current.value, worker.progress.value)
             if state != worker.seen:
-                worker.seen, worker.last_progress = state, now
+                # counted from when the worker moved (or its job was handed over), not from this look:
+                # a look delayed by a busy machine must not lengthen the timeout
+                since = max(0.0, time.monotonic() - max(worker.moved.value, worker.reset_at))
+                worker.seen, worker.last_progress = state, now - since
             elif now - worker.last_progress > self.timeout_s:
                 self._replace(worker, f"decode timed out after {self.timeout_s:g}s")
 
@@ -398,7 +405,7 @@ class DecodePool(Decoder):
         if not worker.assigned or worker.assigned[0][1] != key:
             return  # not ours (cannot happen: workers answer in order)
         job, _, indices, place = worker.assigned.popleft()
-        worker.seen = UNSEEN  # its next job's timeout counts from about now
+        worker.seen, worker.reset_at = UNSEEN, time.monotonic()  # its next job's timeout counts from now
         arena = job.pixels.arena if place is not None and job.pixels is not None else None
         rows = None
         for index, value in zip(indices, values):
