@@ -2,15 +2,20 @@
 resized on the GPU; anything that is not a JPEG, that nvJPEG rejects, or whose EXIF says it is
 rotated or mirrored (torchvision's CUDA decoder ignores EXIF orientation), is decoded on the CPU.
 
-Decoding and resizing run on a CUDA stream of their own, synchronised before the pixels are handed
-over, and the consumer marks the squares as used on its stream (``pixel_tensor``): nvJPEG writes
-from a private stream, so memory the model's stream may still read must not be handed to it.
+Decoding runs in a thread of its own (``submit`` returns at once), so the feeder reads the next
+batch while this one decodes and the stages run the one before: reading, nvJPEG and the model
+overlap. Decoding and resizing run on a CUDA stream of their own, synchronised before the pixels
+are handed over, and the consumer marks the squares as used on its stream (``pixel_tensor``):
+nvJPEG writes from a private stream, so memory the model's stream may still read must not be
+handed to it.
 """
 
 from __future__ import annotations
 
 import contextlib
 import io
+import queue
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
@@ -116,6 +121,8 @@ class GpuDecoder(Decoder):
         self.options = options
         self.device = torch.device(device)
         self._stream = stream or own_cuda_stream(self.device)
+        self._jobs: queue.SimpleQueue[DecodeJob | None] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
 
     def _resize(self, batch: Any) -> Any:
         """(N, 3, H, W) uint8 on the GPU -> shorter side ``min_side``, or with ``crop`` exactly the
@@ -173,8 +180,33 @@ class GpuDecoder(Decoder):
         return out, rows
 
     def submit(self, payloads: Sequence[bytes | ByteRange | None], pixels: object = None) -> DecodeJob:
+        """Queue ``payloads`` for the decode thread (their bytes are read there too); returns at once."""
+        job = DecodeJob(payloads)
+        if job.payloads:
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._serve, name="curator-gpu-decode", daemon=True)
+                self._thread.start()
+            self._jobs.put(job)
+        return job
+
+    def close(self) -> None:
+        if self._thread is not None:
+            self._jobs.put(None)
+            self._thread.join(timeout=60)
+            self._thread = None
+
+    def _serve(self) -> None:
+        """The decode thread: jobs in the order submitted; an error fails its job, not the thread."""
+        while (job := self._jobs.get()) is not None:
+            try:
+                self._decode(job)
+            except BaseException as exc:  # e.g. CUDA out of memory: the run reports it at this batch
+                job.error = exc
+                job._finish()
+
+    def _decode(self, job: DecodeJob) -> None:
         t0 = time.perf_counter()
-        job = DecodeJob([_read(p) for p in payloads])
+        job.payloads = [_read(p) for p in job.payloads]
         on_gpu: list[int] = []
         for i, data in enumerate(job.payloads):
             header = _jpeg_header(data) if data and data[:3] == JPEG_MAGIC else None
@@ -192,7 +224,6 @@ class GpuDecoder(Decoder):
                 job.results[i] = decode_one(data, self.options)  # CPU fallback: non-JPEG or nvJPEG refused it
         job.decode_seconds = time.perf_counter() - t0
         job._finish()
-        return job
 
     def _decode_on_device(self, job: DecodeJob, on_gpu: list[int]) -> None:
         """nvJPEG-decode the payloads at ``on_gpu`` into ``job.results`` (None where it refused one)."""

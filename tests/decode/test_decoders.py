@@ -73,9 +73,15 @@ def test_gpu_decoder_logic_with_the_cpu_standing_in_for_nvjpeg():
     assert all(torch.equal(job.squares[k], image) for k, image in enumerate(images))
     tensor = pixel_tensor(images, 64, "cpu", ready=(images, job.squares))
     assert tensor.shape == (3, 3, 64, 64) and tensor.data_ptr() == job.squares.data_ptr()
-    assert decoder.submit([photo, png]).squares is None  # one image decoded on the CPU
+    mixed = decoder.submit([photo, png])
+    mixed.wait()
+    assert mixed.squares is None  # one image decoded on the CPU
+    # decoding runs in the decoder's thread: submit returns before the job is done, jobs finish in order
+    jobs = [decoder.submit([jpeg(10 + k, (160, 96))] * 4) for k in range(3)]
+    assert [len(job.wait()) for job in jobs] == [4, 4, 4]
     decoder.options = DecodeOptions(max_pixels=200 * 200)  # full size: H x W x 3 arrays, as decoded
     assert decoder.submit([photo]).wait()[0].shape == (96, 160, 3)
+    decoder.close()
 
 
 def _slow_png() -> bytes:
