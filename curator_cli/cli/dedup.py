@@ -36,9 +36,12 @@ from curator_cli.dedup.settings import (DEFAULT_NEIGHBOURS, KEEP_HELP, PERCEPTUA
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the k-means sample and initialisation.")
 @click.option("--summary-json", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Also write the end-of-run summary as JSON here.")
+@click.option("--html", "html_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Also write a page of the largest duplicate groups and those nearest the threshold, with "
+                   "thumbnails from the source shards (opens from the file).")
 @click.option("-q", "--quiet", is_flag=True, help="Print nothing but errors.")
 def dedup(embeddings, output, threshold, keep_rule, id_column, embedding_column, max_memory, neighbours, cells,
-          device, write_pairs, seed, summary_json, quiet) -> None:
+          device, write_pairs, seed, summary_json, html_path, quiet) -> None:
     """Find near-duplicate images in embedding parquet files and choose one image to keep per group.
 
     EMBEDDINGS are `curator embed` output folders or files (any stage, any dimension), or other
@@ -48,6 +51,9 @@ def dedup(embeddings, output, threshold, keep_rule, id_column, embedding_column,
     nearest_id, similarity), OUTPUT/keep.parquet (image_id, shard of every image that stays) and
     _SUCCESS. Rerunning the same command reuses the partitions already done.
 
+    With --html FILE, also a page to judge the threshold by eye: the largest groups and the groups
+    nearest the threshold, each image with its similarity to its nearest duplicate, kept ones framed.
+
     Exit status: 0 done, 2 usage error (no inputs, a missing column, mixed dimensions, a bad
     option, the output in use), 130/143 interrupted (rerun to resume).
 
@@ -56,6 +62,7 @@ def dedup(embeddings, output, threshold, keep_rule, id_column, embedding_column,
       curator embed photos/ -o embeddings/
       curator dedup embeddings/ -o dedup/
       curator dedup clip-embeddings/ -o dedup/ --threshold 0.95 --keep highest:aesthetic_score
+      curator dedup embeddings/ -o dedup/ --html dedup.html
     """
     from curator_cli.dedup.inputs import find_inputs, open_inputs
     from curator_cli.dedup.pipeline import run_dedup
@@ -71,6 +78,11 @@ def dedup(embeddings, output, threshold, keep_rule, id_column, embedding_column,
         paths = find_inputs(list(embeddings), output)
         if summary_json is not None and summary_json.resolve() in {p.resolve() for p in paths}:
             raise DedupError(f"--summary-json {summary_json} would overwrite an input; name it FILE.json")
+        if html_path is not None and (html_path.suffix.lower() == ".parquet"
+                                      or html_path.resolve() in {p.resolve() for p in paths}
+                                      or html_path.resolve().is_relative_to(output.resolve())):
+            raise DedupError(f"--html {html_path} would be written among the inputs or outputs; name it FILE.html "
+                             "outside them")
         inputs = open_inputs(paths, id_column, embedding_column, settings.keep)
     except (DedupError, DeviceError) as exc:
         raise UsageError(str(exc)) from None
@@ -104,3 +116,26 @@ def dedup(embeddings, output, threshold, keep_rule, id_column, embedding_column,
             raise UsageError(f"cannot write --summary-json: {_os_error(exc)}") from None
     if not quiet:
         click.echo(summary.text(), err=True)
+    if html_path is not None:
+        _write_report(output, paths, summary, settings, html_path, quiet)
+
+
+def _write_report(output: Path, paths: list[Path], summary, settings: DedupSettings, html_path: Path,
+                  quiet: bool) -> None:
+    """``--html``: the page of duplicate groups (report/dedup_report.py)."""
+    import dataclasses
+
+    from curator_cli.dedup.write import DUPLICATES_FILE
+    from curator_cli.report.dedup_report import build_dedup_report
+    from curator_cli.report.page import write_page
+
+    report = build_dedup_report(output / DUPLICATES_FILE, paths, summary.threshold, settings.id_column,
+                                summary=dataclasses.asdict(summary))
+    try:
+        write_page(html_path, report.page)
+    except OSError as exc:
+        raise UsageError(f"cannot write --html {html_path}: {_os_error(exc)}") from None
+    if not quiet:
+        missing = f", {report.missing} without a readable source" if report.missing else ""
+        groups = f"{report.groups} group{'' if report.groups == 1 else 's'}"
+        click.echo(f"curator dedup: wrote {html_path} ({groups}, {report.images} images{missing})", err=True)
