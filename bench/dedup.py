@@ -1,15 +1,20 @@
 """Benchmark of ``curator dedup``: recall and precision against brute force, time and peak memory.
 
-    .venv/bin/python bench/dedup.py synthetic --sizes 100k,1M          # ~15 min on 2 cores, data cached
-    .venv/bin/python bench/dedup.py synthetic --sizes 100k,1M,10M:float16:1      # 10M: ~1 h, 31 GB of disk
+    .venv/bin/python bench/dedup.py synthetic --sizes 100k,1M          # ~5 min on 2 cores, data cached
+    .venv/bin/python bench/dedup.py synthetic --sizes 10M:float16:1 --keep-output   # 10M: ~25 min + 12 min of checks, 31 GB of disk
+    .venv/bin/python bench/dedup.py synthetic --sizes 10M:float16:1 --check-only    # check a kept output again, no dedup run
     .venv/bin/python bench/dedup.py images                             # the default threshold, measured
 
 ``synthetic``: 512-d vectors with planted near-duplicate groups (see :func:`generate`), written once
 as parquet shards under ``bench/data/dedup/``; then ``curator dedup --pairs`` runs in its own
-process (wall time; peak RSS from its summary, the process's own ``ru_maxrss``), and its pairs are
-checked: **precision** by recomputing every reported pair's cosine in float64 from the inputs,
-**recall** against brute force for a sample of query rows (half planted copies, half any row):
-every row whose float32 cosine with a query is at or above the threshold must be a reported pair.
+process (wall time; peak RSS from its summary, the process's own ``VmHWM``), and its pairs are
+checked: **precision** by recomputing every reported pair's cosine in float64 from the stored input
+values (``--precision-sample N``: a random N of them instead), **recall** against brute force for a
+sample of query rows (half planted copies, half any row): every row whose float32 cosine with a
+query is at or above the threshold must be a reported pair. The checks stream the inputs twice, a
+batch at a time, and hold only the rows the reported pairs and the queries need (in the input's
+dtype): 3.8 GB peak for 10M float16 vectors and 944,704 pairs. ``results.json`` keeps every size
+measured: a run replaces the rows of the same size, dtype, neighbours and threshold.
 
 ``images``: photos (``tests/photos`` and crops of them) and synthetic photos, with planted edited
 copies, through ``curator embed`` (the default ``perceptual`` stage) and ``curator dedup`` at its
@@ -38,7 +43,6 @@ import pyarrow.parquet as pq
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / "bench" / "data" / "dedup"
 SPEC_VERSION = 1
-PRECISION_SAMPLE = 300_000  # reported pairs recomputed in float64 (all of them below this)
 
 
 # --- synthetic data ---------------------------------------------------------------------------
@@ -149,65 +153,91 @@ def _unit(x: np.ndarray) -> np.ndarray:
 
 
 def _stream(folder: Path, rows_per_batch: int = 65536):
-    """(first global row, unit float32 vectors, valid mask) over the dataset, in row order."""
+    """(first global row, raw vectors as stored, unit float32 vectors, valid mask) over the dataset,
+    in row order, one batch at a time (memory: a few copies of one batch, whatever the dataset's size)."""
     start = 0
     for path in sorted(folder.glob("*.parquet")):
         for batch in pq.ParquetFile(path).iter_batches(batch_size=rows_per_batch, columns=["embedding", "error"]):
             column = batch.column(0)
             dim = column.type.list_size
-            x = column.values.to_numpy(zero_copy_only=False).reshape(-1, dim).astype(np.float32)
+            raw = column.values.to_numpy(zero_copy_only=False).reshape(-1, dim)
+            x = raw.astype(np.float32)
             norms = np.linalg.norm(x, axis=1)
             valid = batch.column(1).is_null().to_numpy(zero_copy_only=False) & (norms > 0)
             x[valid] /= norms[valid, None]
             x[~valid] = 0
-            yield start, x, valid
+            yield start, raw, x, valid
             start += batch.num_rows
 
 
 # --- checks ------------------------------------------------------------------------------------
 
 
-def check_pairs(folder: Path, out: Path, threshold: float, queries: int, seed: int) -> dict:
-    """Precision of every reported pair (float64 recomputation) and recall on sampled queries."""
+def _row_numbers(column: pa.ChunkedArray) -> np.ndarray:
+    """The synthetic ids (zero-padded global row numbers) as int64."""
+    import pyarrow.compute as pc
+
+    return pc.cast(column, pa.int64()).to_numpy()
+
+
+def check_pairs(folder: Path, out: Path, threshold: float, queries: int, seed: int,
+                precision_sample: int = 0) -> dict:
+    """Precision of the reported pairs (every one, or ``precision_sample`` of them when that is set
+    and smaller: each cosine recomputed in float64 from the stored input values) and recall on
+    sampled queries (brute force in float32 against every row).
+
+    Memory is bounded by the pairs, not by the inputs: two streaming passes over the inputs; the
+    first keeps only the rows that some checked pair or query needs, in the input's own dtype (so
+    float16 inputs are held exactly, at 2 bytes a value), the second compares the queries with one
+    batch of rows at a time."""
     import torch
 
     table = pq.read_table(out / "pairs.parquet", columns=["image_id_a", "image_id_b", "similarity"])
-    a = np.array(table.column("image_id_a").to_pylist(), dtype=np.int64)
-    b = np.array(table.column("image_id_b").to_pylist(), dtype=np.int64)
+    a = _row_numbers(table.column("image_id_a"))
+    b = _row_numbers(table.column("image_id_b"))
+    del table
     lo, hi = np.minimum(a, b), np.maximum(a, b)
     key = lo * (1 << 32) + hi
-    unique_pairs = len(np.unique(key))
+    reported = np.unique(key)
     rng = np.random.default_rng(seed)
-    if len(lo) > PRECISION_SAMPLE:  # the float64 recomputation holds both vectors of every pair checked
-        chosen_pairs = np.sort(rng.choice(len(lo), PRECISION_SAMPLE, replace=False))
+    if precision_sample and len(lo) > precision_sample:
+        chosen_pairs = np.sort(rng.choice(len(lo), precision_sample, replace=False))
         lo_checked, hi_checked = lo[chosen_pairs], hi[chosen_pairs]
     else:
         lo_checked, hi_checked = lo, hi
     copies = np.load(folder / "copies.npy")
-    total = json.loads((folder / "spec.json").read_text())["rows"]
+    spec = json.loads((folder / "spec.json").read_text())
+    total, dtype = spec["rows"], np.dtype(spec["dtype"])
     chosen = np.unique(np.concatenate([rng.choice(copies[:, 0], min(len(copies), queries // 2), replace=False),
                                        rng.choice(total, queries - queries // 2, replace=False)]))
     needed = np.union1d(np.unique(np.concatenate([lo_checked, hi_checked])), chosen)  # rows the checks need
-    gathered = None
-    brute: list[np.ndarray] = []
+    gathered = np.zeros((len(needed), spec["dim"]), dtype)  # exact input values of the needed rows
+    needed_valid = np.zeros(len(needed), bool)
     started = time.perf_counter()
-    for start, x, valid in _stream(folder):
-        if gathered is None:
-            gathered = np.zeros((len(needed), x.shape[1]), np.float64)
-        lo_i, hi_i = np.searchsorted(needed, [start, start + len(x)])
-        gathered[lo_i:hi_i] = x[needed[lo_i:hi_i] - start]
-    valid_rows = np.linalg.norm(gathered, axis=1) > 0
-    # precision: every reported pair, recomputed in float64 from the inputs
-    ia = np.searchsorted(needed, lo_checked)
-    ib = np.searchsorted(needed, hi_checked)
-    g = gathered / np.where(np.linalg.norm(gathered, axis=1, keepdims=True) > 0, np.linalg.norm(gathered, axis=1, keepdims=True), 1)
-    exact = np.einsum("ij,ij->i", g[ia], g[ib]) if len(ia) else np.zeros(0)
+    for start, raw, _, valid in _stream(folder):
+        lo_i, hi_i = np.searchsorted(needed, [start, start + len(raw)])
+        gathered[lo_i:hi_i] = raw[needed[lo_i:hi_i] - start]
+        needed_valid[lo_i:hi_i] = valid[needed[lo_i:hi_i] - start]
+    gather_seconds = time.perf_counter() - started
+    # precision: every checked pair's cosine in float64 from the stored values, a chunk of pairs at a time
+    ia, ib = np.searchsorted(needed, lo_checked), np.searchsorted(needed, hi_checked)
+    exact = np.empty(len(ia))
+    for s in range(0, len(ia), 65536):
+        va = gathered[ia[s:s + 65536]].astype(np.float64)
+        vb = gathered[ib[s:s + 65536]].astype(np.float64)
+        norms = np.linalg.norm(va, axis=1) * np.linalg.norm(vb, axis=1)
+        exact[s:s + 65536] = np.einsum("ij,ij->i", va, vb) / np.where(norms > 0, norms, np.inf)
     below = int((exact < threshold - 1e-6).sum())
     borderline = int(((exact < threshold) & (exact >= threshold - 1e-6)).sum())
-    # recall: brute force for the queries (valid ones only)
-    q_rows = chosen[valid_rows[np.searchsorted(needed, chosen)]]
-    q = torch.from_numpy(g[np.searchsorted(needed, q_rows)].astype(np.float32))
-    for start, x, valid in _stream(folder):
+    # recall: brute force for the (valid) queries against every row
+    q_index = np.searchsorted(needed, chosen)
+    q_rows, q_index = chosen[needed_valid[q_index]], q_index[needed_valid[q_index]]
+    qv = gathered[q_index].astype(np.float32)
+    q = torch.from_numpy(qv / np.linalg.norm(qv, axis=1, keepdims=True))
+    del gathered
+    brute: list[np.ndarray] = []
+    started_brute = time.perf_counter()
+    for start, _, x, valid in _stream(folder):
         s = q @ torch.from_numpy(x).T
         qi, xi = (s >= threshold).nonzero(as_tuple=True)
         rows = xi.numpy() + start
@@ -217,17 +247,20 @@ def check_pairs(folder: Path, out: Path, threshold: float, queries: int, seed: i
     found_pairs = np.concatenate(brute) if brute else np.zeros((0, 3))
     bl = np.minimum(found_pairs[:, 0], found_pairs[:, 1]).astype(np.int64)
     bh = np.maximum(found_pairs[:, 0], found_pairs[:, 1]).astype(np.int64)
-    reported = np.unique(key)
     hit = np.isin(bl * (1 << 32) + bh, reported)
     near = np.abs(found_pairs[:, 2] - threshold) < 1e-6
     return {
-        "reported_pairs": int(len(key)), "unique_pairs": unique_pairs,
+        "reported_pairs": int(len(key)), "unique_pairs": int(len(reported)),
         "pairs_checked_for_precision": int(len(lo_checked)),
         "precision": (len(lo_checked) - below) / max(1, len(lo_checked)), "pairs_below_threshold": below,
         "pairs_within_1e-6_below": borderline,
+        "min_reported_similarity": float(exact.min()) if len(exact) else None,
         "queries": int(len(q_rows)), "brute_force_pairs": int(len(found_pairs)), "found": int(hit.sum()),
         "recall": float(hit.mean()) if len(hit) else 1.0, "missed_within_1e-6": int((~hit & near).sum()),
         "check_seconds": round(time.perf_counter() - started, 1),
+        "check_split_seconds": {"gather_and_precision": round(started_brute - started, 1),
+                                "read_for_gather": round(gather_seconds, 1),
+                                "brute_force": round(time.perf_counter() - started_brute, 1)},
     }
 
 
@@ -254,6 +287,10 @@ def parse_count(text: str) -> int:
     return int(float(text[:-1] if scale > 1 else text) * scale)
 
 
+def _result_key(row: dict) -> tuple:
+    return row["rows"], row["dtype"], row["neighbours"], row["threshold"]
+
+
 def synthetic(args: argparse.Namespace) -> None:
     results = []
     for item in args.sizes.split(","):
@@ -262,29 +299,56 @@ def synthetic(args: argparse.Namespace) -> None:
         rows = parse_count(size)
         spec = Spec(rows=rows, dtype=dtype)
         folder = DATA / f"synthetic-{size}-{dtype}"
-        t = time.perf_counter()
-        generate(spec, folder)
-        print(f"[{size}] data ready in {time.perf_counter() - t:.0f} s: {folder}", flush=True)
         out = DATA / f"out-{size}-{dtype}"
-        summary, wall = run_dedup(folder, out, args.threshold, args.max_memory, neighbours, args.extra or [])
-        print(f"[{size}] dedup {wall:.1f} s wall, peak RSS {summary['peak_rss_mb']:.0f} MB", flush=True)
-        check = check_pairs(folder, out, args.threshold, args.queries, seed=1)
+        summary_file = out.parent / f"{out.name}-summary.json"
+        if args.check_only:  # the output of an earlier run, kept with --keep-output: check it, run nothing
+            if json.loads((folder / "spec.json").read_text()) != json.loads(json.dumps(asdict(spec))):
+                raise SystemExit(f"{folder}: not the data of this spec")
+            if not (out / "pairs.parquet").is_file() or not summary_file.is_file():
+                raise SystemExit(f"--check-only: no finished run in {out} (run it with --keep-output first)")
+            summary = json.loads(summary_file.read_text())
+            if neighbours is not None and summary["neighbours"] != neighbours:
+                raise SystemExit(f"{out} ran with --neighbours {summary['neighbours']}, not {neighbours}")
+            if abs(summary["threshold"] - args.threshold) > 1e-9:
+                raise SystemExit(f"{out} ran at threshold {summary['threshold']}, not {args.threshold}")
+            wall = None  # not measured again: the summary's own total is the run's time
+            print(f"[{size}] checking the earlier run in {out} (its summary: {summary['seconds']['total']:.0f} s)",
+                  flush=True)
+        else:
+            t = time.perf_counter()
+            generate(spec, folder)
+            print(f"[{size}] data ready in {time.perf_counter() - t:.0f} s: {folder}", flush=True)
+            summary, wall = run_dedup(folder, out, args.threshold, args.max_memory, neighbours, args.extra or [])
+            print(f"[{size}] dedup {wall:.1f} s wall, peak RSS {summary['peak_rss_mb']:.0f} MB", flush=True)
+        check = check_pairs(folder, out, args.threshold, args.queries, seed=1, precision_sample=args.precision_sample)
         row = {"rows": rows, "dtype": dtype, "neighbours": summary["neighbours"], "threshold": args.threshold,
-               "max_memory": args.max_memory,
-               "wall_seconds": round(wall, 1), "peak_rss_mb": summary["peak_rss_mb"], **check,
-               "summary": summary}
+               "max_memory": args.max_memory if wall is not None else None,
+               "wall_seconds": round(wall, 1) if wall is not None else None,
+               "dedup_seconds": summary["seconds"]["total"], "checked_only": wall is None,
+               "peak_rss_mb": summary["peak_rss_mb"], **check, "summary": summary}
         results.append(row)
         print(json.dumps({k: v for k, v in row.items() if k != "summary"}), flush=True)
         print(f"[{size}] time split: {summary['seconds']}", flush=True)
-        if not args.keep_output:
+        if not args.keep_output and not args.check_only:
             import shutil
             shutil.rmtree(out, ignore_errors=True)
-    (DATA / "results.json").write_text(json.dumps(results, indent=1))
-    print("\n| rows | dtype | neighbours | wall s | peak RSS MB | pairs | recall (queries) | precision |")
+    # results.json holds every size measured: this call's rows replace earlier rows of the same setting
+    results_file = DATA / "results.json"
+    earlier = json.loads(results_file.read_text()) if results_file.is_file() else []
+    for r in results:  # a check of an earlier run keeps that run's measured wall time
+        before = [e for e in earlier if _result_key(e) == _result_key(r) and e.get("wall_seconds") is not None]
+        if r["checked_only"] and before and before[-1]["summary"] == r["summary"]:
+            r["wall_seconds"], r["max_memory"] = before[-1]["wall_seconds"], before[-1]["max_memory"]
+    fresh = {_result_key(r) for r in results}
+    merged = sorted([r for r in earlier if _result_key(r) not in fresh] + results, key=_result_key)
+    results_file.write_text(json.dumps(merged, indent=1))
+    print("\n| rows | dtype | neighbours | wall s | peak RSS MB | pairs | recall (queries) | precision (pairs checked) |")
     print("|---|---|---|---|---|---|---|---|")
-    for r in results:
-        print(f"| {r['rows']:,} | {r['dtype']} | {r['neighbours']} | {r['wall_seconds']} | {r['peak_rss_mb']:.0f} | {r['reported_pairs']:,} | "
-              f"{r['recall']:.4f} ({r['queries']:,} queries, {r['brute_force_pairs']:,} pairs) | {r['precision']:.4f} |")
+    for r in merged:
+        wall = r["wall_seconds"] if r.get("wall_seconds") is not None else f"{r['summary']['seconds']['total']} (in-process)"
+        print(f"| {r['rows']:,} | {r['dtype']} | {r['neighbours']} | {wall} | {r['peak_rss_mb']:.0f} | {r['reported_pairs']:,} | "
+              f"{r['recall']:.4f} ({r['queries']:,} queries, {r['brute_force_pairs']:,} pairs) | "
+              f"{r['precision']:.4f} ({r['pairs_checked_for_precision']:,}) |")
 
 
 # --- images: the default threshold -------------------------------------------------------------
@@ -389,7 +453,11 @@ def main() -> None:
     s.add_argument("--max-memory", default="4G")
     s.add_argument("--neighbours", type=int, default=None)
     s.add_argument("--queries", type=int, default=2000)
-    s.add_argument("--keep-output", action="store_true")
+    s.add_argument("--keep-output", action="store_true", help="keep OUT (for a later --check-only)")
+    s.add_argument("--check-only", action="store_true",
+                   help="run no dedup: check the output an earlier run left (with --keep-output) in bench/data/dedup/out-SIZE-DTYPE")
+    s.add_argument("--precision-sample", type=int, default=0,
+                   help="recompute this many random reported pairs for precision (default 0: every pair)")
     s.add_argument("extra", nargs="*", help="more curator dedup options (after --)")
     i = sub.add_parser("images", help="the perceptual stage's similarities for planted copies; the default threshold")
     i.add_argument("--synthetic-photos", type=int, default=300)

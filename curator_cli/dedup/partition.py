@@ -6,11 +6,13 @@ sqrt(k) regions, then each region's share of the k cells within it. faiss is the
 for clustering and nearest neighbours, well kept, and its k-means handles initialisation and empty
 clusters. Cells hold about ``CELL_SIZE`` vectors whatever the dataset's size, so the pairs step
 costs the same per vector at 100k and at 100M. Up to ``FLAT_CELLS`` cells (about 4 million
-vectors) every vector is scored against every cell, so its home is its most similar cell exactly;
-above that, against the candidate cells of its ``PROBE_REGIONS`` most similar regions (each
-region's cells and their nearest cells beyond it: IVF's coarse-to-fine idea), which keeps the cost
-at a few sqrt(k) scores per vector instead of k, at the price of a home that is now and then the
-second-best cell (the bench measures what that costs in recall).
+vectors) every vector is scored against every cell, so its home is its most similar cell exactly
+(k scores per vector: the cost per vector grows with k up to there). Above that, against the
+candidate cells of its ``PROBE_REGIONS`` most similar regions (each region's cells and their
+nearest cells beyond it: IVF's coarse-to-fine idea): sqrt(k) region scores plus ``PROBE_REGIONS``
+candidate lists of about 5 sqrt(k) cells each (about 2,000 scores per vector at 9,990 cells, not
+9,990), at the price of a home that is now and then the second-best cell (the bench measures what
+that costs in recall).
 
 **Boundary points.** A pair ``x, y`` with cosine >= T whose homes differ is found only if ``x`` is
 also compared with ``y``'s cell (or ``y`` with ``x``'s). For unit vectors and unit centroids, ``y``
@@ -185,6 +187,76 @@ class Assigner:
         visits[:, : self.neighbours] = chosen.to(torch.int32).cpu().numpy()
         return home, capped
 
+    def _regions(self, x, visits: np.ndarray) -> tuple[object, int]:  # -> (home tensor, capped)
+        """Scores each row against the candidate cells of its ``probe`` best regions, region by region
+        (a row's probed regions are its *entries*; the entries are sorted by region once, so each
+        region's rows are one contiguous block and one matmul): the home is the best cell over a
+        row's entries; each entry keeps only its ``neighbours + 1`` smallest ``delta``, and the few
+        left per row are merged (a cell can be a candidate of two probed regions: ranked once).
+
+        Every entry's candidates are distinct cells, so a row's ``neighbours`` nearest distinct cells
+        are each among the ``neighbours`` nearest of every entry that holds them, and an entry with
+        ``neighbours + 1`` cells within reach proves the row capped: the merge of the few is exact.
+        (An earlier version sorted every row's whole candidate list, probe x a few hundred cells,
+        twice, and scattered the scores into a padded tensor: 80 % of the time went there.)"""
+        import torch
+
+        rows, probe, n = len(x), self.probe, self.neighbours
+        top = (x @ self.regions.T).topk(probe, dim=1).indices.reshape(-1)  # entry e: row e // probe
+        order = top.argsort(stable=True)
+        entry_row = order // probe
+        counts = torch.bincount(top, minlength=len(self.candidate_ids)).tolist()
+        xs = x[entry_row]  # the entries' vectors, grouped by region
+        blocks, lo = [], 0
+        best = torch.empty(len(order), device=self.device)
+        best_cell = torch.empty(len(order), dtype=torch.long, device=self.device)
+        for region, count in enumerate(counts):
+            if count:
+                scores = xs[lo:lo + count] @ self.candidate_vectors[region].T
+                value, where = scores.max(dim=1)
+                best[lo:lo + count], best_cell[lo:lo + count] = value, self.candidate_ids[region][where]
+                blocks.append((region, lo, count, scores))
+            lo += count
+        # back in row order: rows x probe
+        by_row = torch.empty_like(order)
+        by_row[order] = torch.arange(len(order), device=self.device)
+        row_best, slot = best[by_row].reshape(rows, probe).max(dim=1)
+        home = best_cell[by_row].reshape(rows, probe).gather(1, slot[:, None]).squeeze(1)
+        if n == 0:
+            return home, 0
+        keep = n + 1
+        near_delta = torch.full((len(order), keep), float("inf"), device=self.device)
+        near_cell = torch.full((len(order), keep), -1, dtype=torch.long, device=self.device)
+        entry_home, entry_best = home[entry_row], row_best[entry_row]
+        for region, lo, count, scores in blocks:
+            ids = self.candidate_ids[region]
+            homes = entry_home[lo:lo + count]
+            # |c_A - c_B| = sqrt(2 - 2 c_A.c_B) for unit centroids, for every candidate cell B
+            gaps = (2.0 - 2.0 * (self.cells[homes] @ self.candidate_vectors[region].T)).clamp_min_(1e-12).sqrt_()
+            delta = (entry_best[lo:lo + count, None] - scores).div_(gaps)
+            delta.masked_fill_((ids[None, :] == homes[:, None]) | (delta > self.reach), float("inf"))
+            k = min(keep, len(ids))
+            value, where = delta.topk(k, dim=1, largest=False)
+            near_delta[lo:lo + count, :k], near_cell[lo:lo + count, :k] = value, ids[where]
+        capped_entries = torch.isfinite(near_delta[:, -1])  # keep finite cells in one entry: more than n
+        # the few per row, merged: sorted by cell, each cell's smallest delta first; repeats dropped
+        delta = near_delta[by_row].reshape(rows, probe * keep)
+        cells = near_cell[by_row].reshape(rows, probe * keep)
+        cells = torch.where(torch.isfinite(delta), cells, torch.full_like(cells, -1))
+        by_delta = delta.argsort(dim=1, stable=True)
+        delta, cells = delta.gather(1, by_delta), cells.gather(1, by_delta)
+        by_cell = cells.argsort(dim=1, stable=True)
+        delta, cells = delta.gather(1, by_cell), cells.gather(1, by_cell)
+        repeated = torch.zeros_like(delta, dtype=torch.bool)
+        repeated[:, 1:] = cells[:, 1:] == cells[:, :-1]
+        delta[repeated | (cells < 0)] = float("inf")
+        distinct = torch.isfinite(delta).sum(dim=1)
+        capped = int(((distinct > n) | capped_entries[by_row].reshape(rows, probe).any(dim=1)).sum())
+        nearest, pick = delta.topk(n, dim=1, largest=False)
+        chosen = torch.where(torch.isfinite(nearest), cells.gather(1, pick), torch.full_like(pick, -1))
+        visits[:, : chosen.shape[1]] = chosen.to(torch.int32).cpu().numpy()
+        return home, capped
+
     def assign(self, unit: np.ndarray) -> Assignment:
         """Home cell and visited cells of each row of ``unit`` (float32 unit vectors)."""
         import torch
@@ -196,42 +268,6 @@ class Assigner:
         x = torch.from_numpy(unit).to(self.device)
         if self.flat:
             home, capped = self._flat(x, visits)
-            return Assignment(home.to(torch.int32).cpu().numpy(), visits, capped)
-        top = (x @ self.regions.T).topk(self.probe, dim=1).indices  # rows x probe
-        scores = torch.full((rows, self.probe, self.widest), float("-inf"), device=self.device)
-        cells = torch.full((rows, self.probe, self.widest), -1, dtype=torch.long, device=self.device)
-        by_region = []
-        for region in torch.unique(top).tolist():
-            r, slot = (top == region).nonzero(as_tuple=True)
-            width = len(self.candidate_ids[region])
-            scores[r, slot, :width] = x[r] @ self.candidate_vectors[region].T
-            cells[r, slot, :width] = self.candidate_ids[region]
-            by_region.append((r, slot, region, width))
-        scores, cells = scores.reshape(rows, -1), cells.reshape(rows, -1)
-        best, where = scores.max(dim=1)
-        home = cells[torch.arange(rows, device=self.device), where]
-        capped = 0
-        if self.neighbours > 0:
-            # |c_A - c_B| = sqrt(2 - 2 c_A.c_B) for unit centroids, for every candidate cell B
-            home_vectors = self.cells[home]
-            dots = torch.ones((rows, self.probe, self.widest), device=self.device)
-            for r, slot, region, width in by_region:
-                dots[r, slot, :width] = home_vectors[r] @ self.candidate_vectors[region].T
-            gaps = (2.0 - 2.0 * dots.reshape(rows, -1)).clamp_min_(1e-12).sqrt_()
-            delta = (best[:, None] - scores).div_(gaps)
-            delta[(cells == home[:, None]) | (cells < 0)] = float("inf")
-            delta.masked_fill_(delta > self.reach, float("inf"))
-            # a cell can be a candidate of two probed regions: rank each once
-            # (sorted by cell, then stably by delta: copies of a cell, equal in delta, end up side by side)
-            by_cell = cells.argsort(dim=1, stable=True)
-            delta, cells = delta.gather(1, by_cell), cells.gather(1, by_cell)
-            order = delta.argsort(dim=1, stable=True)
-            delta, cells = delta.gather(1, order), cells.gather(1, order)
-            repeated = torch.zeros_like(delta, dtype=torch.bool)
-            repeated[:, 1:] = (cells[:, 1:] == cells[:, :-1]) & torch.isfinite(delta[:, 1:])
-            delta[repeated] = float("inf")
-            capped = int((torch.isfinite(delta).sum(dim=1) > self.neighbours).sum())
-            nearest, pick = delta.topk(self.neighbours, dim=1, largest=False)
-            chosen = torch.where(torch.isfinite(nearest), cells.gather(1, pick), torch.full_like(pick, -1))
-            visits[:, : self.neighbours] = chosen.to(torch.int32).cpu().numpy()
+        else:
+            home, capped = self._regions(x, visits)
         return Assignment(home.to(torch.int32).cpu().numpy(), visits, capped)
