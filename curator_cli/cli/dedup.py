@@ -129,12 +129,17 @@ def _write_report(output: Path, paths: list[Path], summary, settings: DedupSetti
     from curator_cli.report.dedup_report import build_dedup_report
     from curator_cli.report.page import write_page
 
-    report = build_dedup_report(output / DUPLICATES_FILE, paths, summary.threshold, settings.id_column,
-                                summary=dataclasses.asdict(summary))
+    import pyarrow as pa
+
     try:
+        report = build_dedup_report(output / DUPLICATES_FILE, paths, summary.threshold, settings.id_column,
+                                    summary=dataclasses.asdict(summary))
         write_page(html_path, report.page)
     except OSError as exc:
-        raise UsageError(f"cannot write --html {html_path}: {_os_error(exc)}") from None
+        raise UsageError(f"cannot write --html {html_path}: {_os_error(exc)} "
+                         "(the dedup outputs are complete)") from None
+    except (ValueError, pa.ArrowException) as exc:
+        raise UsageError(f"cannot make --html {html_path}: {exc} (the dedup outputs are complete)") from None
     if not quiet:
         missing = f", {report.missing} without a readable source" if report.missing else ""
         groups = f"{report.groups} group{'' if report.groups == 1 else 's'}"

@@ -23,7 +23,7 @@ from typing import Any
 from PIL import Image
 
 from curator_cli.decode.pillow import DecodeOptions
-from curator_cli.decode.jobs import DecodeJob, Decoder, decode_one
+from curator_cli.decode.jobs import DecodeFailure, DecodeJob, Decoder, decode_one
 from curator_cli.io.readers.base import ByteRange, payload_bytes
 from curator_cli.stages.preprocess import stacked_by_shape
 
@@ -50,7 +50,7 @@ def _jpeg_header(data: bytes) -> tuple[int, int, int] | None:
 
     The markers before the scan are walked here (a few microseconds: Pillow's ``open`` + ``getexif``
     took ~70 us per image in the thread that feeds the GPU); Pillow reads the orientation only when
-    the file has an EXIF segment."""
+    the file has an EXIF or XMP segment."""
     size = None
     exif = False
     at, end = 2, min(len(data), 1 << 20)
@@ -67,8 +67,8 @@ def _jpeg_header(data: bytes) -> tuple[int, int, int] | None:
         length = int.from_bytes(data[at + 2:at + 4], "big")
         if length < 2:
             return None
-        if marker == 0xE1 and data[at + 4:at + 10] == b"Exif\0\0":
-            exif = True
+        if marker == 0xE1 and (data[at + 4:at + 10] == b"Exif\0\0" or data[at + 4:at + 33] == _XMP):
+            exif = True  # an orientation may be there (Pillow also reads XMP's tiff:Orientation)
         elif marker in _SOF_MARKERS and at + 9 <= end:
             size = (int.from_bytes(data[at + 7:at + 9], "big"), int.from_bytes(data[at + 5:at + 7], "big"))
         elif marker == 0xDA:  # start of scan: the header is over
@@ -85,6 +85,7 @@ def _jpeg_header(data: bytes) -> tuple[int, int, int] | None:
         return None
 
 
+_XMP = b"http://ns.adobe.com/xap/1.0/\0"
 _SOF_MARKERS = frozenset((0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF))
 
 
@@ -214,7 +215,8 @@ class GpuDecoder(Decoder):
                 continue
             width, height, _ = header
             if width * height > self.options.max_pixels:
-                job.results[i] = f"too many pixels ({width}x{height} > --max-pixels {self.options.max_pixels})"
+                job.results[i] = DecodeFailure(
+                    f"too many pixels ({width}x{height} > --max-pixels {self.options.max_pixels})")
             else:
                 on_gpu.append(i)
         with self._stream():  # decoding and resizing: complete when it ends

@@ -125,9 +125,9 @@ def _worker_main(conn: Connection, current: Any, progress: Any, moved: Any, opti
                  nice: int, parent_pid: int, inherited: list[Any]) -> None:
     """Decode jobs until told to stop. ``current`` and ``progress`` (shared memory) hold the key of
     the job being decoded and the position in it, ``moved`` the ``time.monotonic()`` at which they
-    last changed: the parent's watch on hangs and crashes, at no message cost. ``inherited``: the parent's ends of the pool's pipes and sockets, copied into this
-    process by fork, closed here at once (so that this worker never keeps a pipe open, its own
-    included)."""
+    last changed: the parent's watch on hangs and crashes, at no message cost. ``inherited``: the
+    parent's ends of the pool's pipes and sockets, copied into this process by fork, closed here at
+    once (so that this worker never keeps a pipe open, its own included)."""
     die_with_parent(parent_pid)
     for handle in inherited:
         try:
@@ -210,6 +210,7 @@ class _Worker:
         self.reset_at = 0.0  # time.monotonic() when ``seen`` was last set to UNSEEN
         self.last_progress = 0.0
         self._waited = 0.0  # seconds this worker spent runnable but without a CPU, as last read
+        self.waited_lately = 0.0  # of those, the ones counted since the read before
         self._clock = 0.0
         self._outbox: queue.SimpleQueue = queue.SimpleQueue()
         self._sender = threading.Thread(target=self._send_loop, name=f"curator-decode-send-{self.process.pid}",
@@ -236,7 +237,7 @@ class _Worker:
         wait to its count only when the wait ends."""
         waited = cpu_wait_seconds(self.process.pid)
         if waited is not None:
-            self._waited = waited
+            self.waited_lately, self._waited = max(0.0, waited - self._waited), waited
         self._clock = max(self._clock, time.monotonic() - self._waited)
         return self._clock
 
@@ -393,8 +394,10 @@ class DecodePool(Decoder):
             state = (worker.current.value, worker.progress.value)
             if state != worker.seen:
                 # counted from when the worker moved (or its job was handed over), not from this look:
-                # a look delayed by a busy machine must not lengthen the timeout
-                since = max(0.0, time.monotonic() - max(worker.moved.value, worker.reset_at))
+                # a look delayed by a busy machine must not lengthen the timeout; the worker's waits
+                # for a CPU since the last look are not counted (more than since the move, if anything)
+                since = time.monotonic() - max(worker.moved.value, worker.reset_at) - worker.waited_lately
+                since = max(0.0, since)
                 worker.seen, worker.last_progress = state, now - since
             elif now - worker.last_progress > self.timeout_s:
                 self._replace(worker, f"decode timed out after {self.timeout_s:g}s")

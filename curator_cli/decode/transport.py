@@ -85,9 +85,12 @@ class Arena:
         self.size = 0
         self._map: mmap.mmap | None = None
 
-    def ensure(self, size: int) -> bool:
+    def ensure(self, size: int, whole: bool) -> bool:
         """At least ``size`` bytes (a new file when it must grow: workers map the new name); False
-        when shared memory is short (the batch's pictures then come through the pipes)."""
+        when shared memory is short (the batch's pictures then come through the pipes). ``whole``:
+        allocate it all now (the tensor path's rows, every byte used by every batch); else the file
+        stays sparse and workers allocate the pictures they write (packed pictures of any size: an
+        arena sized for the largest photo seen would otherwise hold that much per image)."""
         if size <= self.size:
             return True
         self.drop()
@@ -97,9 +100,8 @@ class Arena:
         fd = os.open(self.name, os.O_CREAT | os.O_TRUNC | os.O_RDWR, 0o600)
         try:
             os.ftruncate(fd, size)
-            # allocated once, here: ENOSPC now rather than SIGBUS in a worker, and no allocation (a
-            # syscall, and on gVisor a remapping) per picture written
-            os.posix_fallocate(fd, 0, size)
+            if whole:  # ENOSPC now rather than SIGBUS in a worker, and no allocation per picture
+                os.posix_fallocate(fd, 0, size)
             self._map = mmap.mmap(fd, size)
         except OSError:
             self.drop()
@@ -194,7 +196,7 @@ class ArenaRing:
                 return None
             arena = self._free.pop()
         per_image = 0 if stride else max(guess, self.per_image)
-        if not arena.ensure(images * (stride or per_image)):
+        if not arena.ensure(images * (stride or per_image), whole=bool(stride)):
             self.short = True  # /dev/shm filled up: later batches use the pipes
             self.give_back_arena(arena)
             return None
@@ -245,7 +247,9 @@ class ArenaWriter:
         if offset + size > place.offset + place.capacity or (place.stride and size != place.stride):
             return None
         try:
-            view, _ = self._open(place.arena)  # allocated whole by the main process (Arena.ensure)
+            view, fd = self._open(place.arena)
+            if not place.stride:  # a packed arena is sparse: ENOSPC here rather than SIGBUS on write
+                os.posix_fallocate(fd, offset, size)
             view[offset:offset + size] = picture.tobytes()
         except (OSError, ValueError):
             return None

@@ -270,8 +270,9 @@ class ShardProcessor:
         self.config = config
         self.worker = worker
         self.layout = OutputLayout(embedding_dtype=options.embedding_dtype, declared_scores=declared_scores(stages))
+        staging = HostStaging(device=options.device) if decode.crop and options.device.startswith("cuda") else None
         self.context = StageContext(device=options.device, precision=options.precision, squares=decode.crop,
-                                    staging=HostStaging() if decode.crop and options.device.startswith("cuda") else None)
+                                    staging=staging)
         self.stats = WorkerStats()
         self._decoder: Decoder | None = None
         self._warm_up: threading.Thread | None = None

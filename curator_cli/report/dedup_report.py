@@ -18,7 +18,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from curator_cli.report.page import Section, Tile, TileGroup, esc, gallery_html, render_page, stats_html
@@ -62,8 +61,8 @@ def build_dedup_report(duplicates: Path, embeddings: Sequence[Path], threshold: 
     group_ids = table.column("group_id").to_numpy()
     keep = table.column("keep").to_numpy(zero_copy_only=False)
     similarity = table.column("similarity").to_numpy(zero_copy_only=False).astype(np.float32)
-    ids = [str(v) for v in table.column("image_id").to_pylist()]
-    shards = [str(v) for v in table.column(SHARD_COLUMN).to_pylist()]
+    ids = [_text(v) for v in table.column("image_id").to_pylist()]
+    shards = [_text(v) for v in table.column(SHARD_COLUMN).to_pylist()]
     groups = _groups(group_ids, keep, similarity)
     largest = sorted(groups, key=lambda g: (-len(g.rows), g.group_id))[:options.largest]
     chosen = {g.group_id for g in largest}
@@ -139,14 +138,22 @@ def _refs(wanted: set[tuple[str, str]], embeddings: Sequence[Path], id_column: s
             continue
         columns = [id_column] + ([SHARD_COLUMN] if SHARD_COLUMN in names else [])
         table = pq.read_table(path, columns=columns)
-        file_ids = pc.cast(table.column(id_column), "string").to_pylist()
-        file_shards = (table.column(SHARD_COLUMN).to_pylist() if SHARD_COLUMN in names else [str(path)] * len(file_ids))
-        rows = [i for i, key in enumerate(zip(map(str, file_shards), file_ids))
-                if key in wanted and key not in found]
+        file_ids = [_text(v) for v in table.column(id_column).to_pylist()]
+        file_shards = ([_text(v) for v in table.column(SHARD_COLUMN).to_pylist()] if SHARD_COLUMN in names
+                       else [str(path)] * len(file_ids))
+        rows = [i for i, key in enumerate(zip(file_shards, file_ids)) if key in wanted and key not in found]
         if rows:
             for row, ref in zip(rows, image_refs(path, rows, id_column)):
-                found.setdefault((str(file_shards[row]), file_ids[row]), ref)
+                found.setdefault((file_shards[row], file_ids[row]), ref)
     return found
+
+
+def _text(value: object) -> str:
+    """An id or shard as text, made the same way from the duplicates file and the embedding files
+    whatever the column's type (ints, floats, bytes that are not UTF-8)."""
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "backslashreplace")
+    return str(value)
 
 
 def _summary_html(summary: dict | None, groups: int, in_groups: int, threshold: float) -> str:

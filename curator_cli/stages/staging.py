@@ -24,12 +24,13 @@ def pinned_buffer(shape: tuple[int, ...]) -> Any:
     return torch.empty(shape, dtype=torch.uint8, pin_memory=True)
 
 
-def cuda_fence() -> Any:
-    """A CUDA event recorded on the current stream: done once the device reaches this point."""
+def cuda_fence(device: Any = None) -> Any:
+    """A CUDA event recorded on ``device``'s current stream (the current device's when None): done
+    once that stream reaches this point."""
     import torch
 
     event = torch.cuda.Event()
-    event.record()
+    event.record(torch.cuda.current_stream(device))
     return event
 
 
@@ -37,13 +38,15 @@ class HostStaging:
     """``SLOTS`` reusable host buffers, handed out in turn; each grows only when a batch outgrows it.
 
     ``allocate`` (a shape -> uint8 tensor) and ``fence`` (-> an object with ``synchronize()``, or
-    None) default to pinned memory and CUDA events; tests pass CPU stand-ins and count allocations.
+    None) default to pinned memory and CUDA events on ``device``'s current stream (where the batches
+    are uploaded: not necessarily the calling thread's current device); tests pass CPU stand-ins and
+    count allocations.
     """
 
     def __init__(self, allocate: Callable[[tuple[int, ...]], Any] = pinned_buffer,
-                 fence: Callable[[], Any] | None = cuda_fence, slots: int = SLOTS) -> None:
+                 fence: Callable[[], Any] | None = cuda_fence, slots: int = SLOTS, device: Any = None) -> None:
         self._allocate = allocate
-        self._fence = fence
+        self._fence = (lambda: cuda_fence(device)) if fence is cuda_fence else fence
         self._buffers: list[Any] = [None] * slots
         self._fences: list[Any] = [None] * slots
         self._next = 0
@@ -109,7 +112,7 @@ def upload(arrays: Sequence[np.ndarray], device: Any) -> Any:  # -> torch.Tensor
     with _UPLOADS_LOCK, torch.cuda.device(device):
         staging = _UPLOADS.get(str(device))
         if staging is None:
-            staging = _UPLOADS[str(device)] = HostStaging()
+            staging = _UPLOADS[str(device)] = HostStaging(device=device)
         pixels = staging.stack_arrays(arrays).to(device, non_blocking=True)
         staging.done()  # the slot is reused once this upload (queued on the current stream) is done
     return pixels

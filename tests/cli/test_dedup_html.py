@@ -54,3 +54,18 @@ def test_dedup_html_inside_the_output_is_refused(cli, tmp_path):
                              tmp_path / "dedup" / "page.html")
     assert done.returncode == 2
     assert "--html" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_dedup_html_over_other_parquet_with_integer_ids_says_where_no_picture_is(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    vectors = [[1.0, 0.0, 0.0], [0.99, 0.01, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]]
+    pq.write_table(pa.table({"id": pa.array([10, 11, 12, 13], pa.int64()),
+                             "vector": pa.array(vectors, pa.list_(pa.float32()))}), tmp_path / "vectors.parquet")
+    done = run_with_watchdog("dedup", tmp_path / "vectors.parquet", "-o", tmp_path / "dedup", "--threshold", "0.95",
+                             "--id-column", "id", "--embedding-column", "vector", "--html", tmp_path / "page.html")
+    assert done.returncode == 0, done.stderr
+    page = (tmp_path / "page.html").read_text()
+    assert sorted(re.findall(r'data-image-id="(\d+)"', page)) == ["10", "11"]
+    assert "source unknown" in page  # no shard or image_path column: nothing to read a picture from

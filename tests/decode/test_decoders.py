@@ -146,3 +146,27 @@ def test_decode_workers_beside_cpu_stages_run_at_low_priority():
     with DecodePool(1, DecodeOptions(), nice=19) as pool:
         assert isinstance(pool.submit([jpeg(1)]).wait()[0], np.ndarray)  # the worker is up
         assert os.getpriority(os.PRIO_PROCESS, pool._workers[0].process.pid) == min(19, os.nice(0) + 19)
+
+
+def test_gpu_decoders_jpeg_header_agrees_with_pillow():
+    """``--decode gpu`` reads a JPEG's size and orientation from its header itself (Pillow only when
+    an EXIF or XMP segment may hold an orientation): the same answers as Pillow's, never an error."""
+    from curator_cli.decode.gpu import _jpeg_header
+
+    def pillow(data: bytes):
+        with Image.open(io.BytesIO(data)) as image:
+            return (*image.size, int(image.getexif().get(0x0112, 1)))
+
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    xmp = (b'<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#">'
+           b'<rdf:Description xmlns:tiff="http://ns.adobe.com/tiff/1.0/" tiff:Orientation="8"/></rdf:RDF></x:xmpmeta>')
+    picture = synthetic_photo(3, (120, 80))
+    for kwargs in ({}, {"progressive": True}, {"exif": exif.tobytes()}, {"xmp": xmp}, {"quality": 30}):
+        data = encode(picture, **kwargs)
+        assert _jpeg_header(data) == pillow(data), kwargs
+    assert _jpeg_header(encode(picture, xmp=xmp))[2] == 8  # XMP alone rotates too
+    data = encode(picture)
+    for cut in (3, 10, 20, len(data) // 50):
+        assert _jpeg_header(data[:cut]) is None  # no frame header yet: the CPU decoder decides
+    assert _jpeg_header(b"\xff\xd8" + b"\xff" * 5000) is None
