@@ -21,7 +21,8 @@ import pyarrow as pa
 
 from curator_cli.decode.jobs import DecodeFailure, DecodeJob
 from curator_cli.decode.transport import PixelBatch
-from curator_cli.io.readers import ReadOptions, Sample, ShardReadError, open_shard
+from curator_cli.execution.reader_process import ReaderProcess
+from curator_cli.io.readers import OpenShard, ReadOptions, Sample, ShardReadError, open_shard
 from curator_cli.io.shards import Shard
 
 
@@ -113,8 +114,10 @@ class Feeder:
     """Streams every shard as events, in order, from a background thread."""
 
     def __init__(self, shards: list[Shard], read_options: ReadOptions, decoder: Any, batch_size: int,
-                 chunk_size: int, prefetch: int = 2) -> None:
+                 chunk_size: int, prefetch: int = 2, reader: ReaderProcess | None = None) -> None:
+        """``reader``: a process that reads tar shards for this feeder (else it reads them itself)."""
         self.shards = shards
+        self.reader = reader
         self.read_options = read_options
         self.decoder = decoder
         self.batch_size = batch_size
@@ -195,20 +198,31 @@ class Feeder:
             batch.samples[i].data = None  # the decoder has the bytes now
 
     def _feed_shard(self, shard: Shard) -> None:
-        read_seconds = 0.0
-        count = 0
-        error: str | None = None
-        batch_index = 0
         t0 = time.perf_counter()
         try:
             opened = open_shard(shard, self.read_options)
+            if shard.format == "tar" and self.reader is not None and self.reader.usable:
+                opened = OpenShard(self.reader.samples(shard.path, self.read_options), opened.passthrough_fields)
         except ShardReadError as exc:
             self._put(ShardFinished(shard, 0, time.perf_counter() - t0, str(exc)))
             return
         self._put(ShardOpened(shard, opened.passthrough_fields))
+        samples = iter(opened)
+        try:
+            self._feed_samples(shard, samples)
+        finally:
+            close = getattr(samples, "close", None)
+            if close is not None:  # a shard given up part-way: its reader stops now, not when collected
+                close()
+
+    def _feed_samples(self, shard: Shard, samples: Iterator[Sample]) -> None:
+        """``shard``'s samples in batches, each image sent to the decoders, then its end."""
+        read_seconds = 0.0
+        count = 0
+        error: str | None = None
+        batch_index = 0
         batch = self._new_batch(shard, batch_index)
         chunk: list[int] = []
-        samples = iter(opened)
         while True:
             t0 = time.perf_counter()
             try:

@@ -25,6 +25,7 @@ from typing import Any
 
 from curator_cli.decode.jobs import Decoder, InlineDecoder
 from curator_cli.decode.pool import DecodePool
+from curator_cli.execution.reader_process import ReaderProcess
 from curator_cli.execution.feeder import BatchReady, Feeder, FeederCrashed, ShardFinished, ShardOpened
 from curator_cli.execution.plan import ShardOutcome
 from curator_cli.execution.progress import report_failure, set_activity
@@ -275,14 +276,19 @@ class ShardProcessor:
                                     staging=staging)
         self.stats = WorkerStats()
         self._decoder: Decoder | None = None
+        self._reader: ReaderProcess | None = None
         self._warm_up: threading.Thread | None = None
         self._set_up = False
         self._stage_thread = StageThread(threaded=options.stage_timeout > 0)
         self._doing = "starting"  # what the run waits on, for the heartbeat (see activity())
 
     def start(self) -> None:
-        """Start the decoders (worker processes take a moment to start; they serve every ``run``)."""
+        """Start the decoders and the tar reader (processes take a moment to start; they serve every
+        ``run``)."""
         if self._decoder is None:
+            if self.options.num_workers > 0 or self.options.decode == "gpu":  # --num-workers 0: one process
+                # before any thread: may fork (as the decoders)
+                self._reader = ReaderProcess(self.options.worker_start if threading.active_count() == 1 else "spawn")
             self._decoder = make_decoder(self.options, self.decode)  # before any thread: may fork
             self._warm_up = threading.Thread(target=warm_up, name="curator-warm-up", daemon=True)
             self._warm_up.start()
@@ -319,6 +325,9 @@ class ShardProcessor:
             if self._decoder is not None:
                 self._decoder.close()
                 self._decoder = None
+            if self._reader is not None:
+                self._reader.close()
+                self._reader = None
 
     @property
     def stages_stuck(self) -> str | None:
@@ -365,7 +374,7 @@ class ShardProcessor:
             return {shard.name: ShardOutcome(error=reason) for shard in shards}
         set_activity(bar, self.activity)
         replaced_before = decoder.replaced_workers
-        feeder = Feeder(shards, options.read, decoder, options.batch_size, chunk, prefetch=2)
+        feeder = Feeder(shards, options.read, decoder, options.batch_size, chunk, prefetch=2, reader=self._reader)
         run = _Run(self, shards, targets, bar)
         clean_exit = False
         cpu0 = stage_cpu0 = None

@@ -21,16 +21,18 @@ from conftest import encode, img2dataset_tar, jpeg, read_output, stage_spec, syn
 
 @pytest.fixture
 def read(monkeypatch) -> list[int]:
-    """One entry per sample the tar reader has yielded so far: the feeder's read-ahead, observed."""
+    """One entry per sample the feeder has taken from a shard so far: its read-ahead, observed. (The
+    tar reader's process reads at most one message, ``CHUNK`` small samples, beyond that: image
+    bytes stay in the shard.)"""
     samples: list[int] = []
-    original = readers.read_tar
+    original = readers.OpenShard.__iter__
 
-    def counting_read_tar(path, options):
-        for sample in original(path, options):
+    def counting_iter(self):
+        for sample in original(self):
             samples.append(1)
             yield sample
 
-    monkeypatch.setattr(readers, "read_tar", counting_read_tar)
+    monkeypatch.setattr(readers.OpenShard, "__iter__", counting_iter)
     return samples
 
 
