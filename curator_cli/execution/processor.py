@@ -288,7 +288,9 @@ class ShardProcessor:
         if self._decoder is None:
             if self.options.num_workers > 0 or self.options.decode == "gpu":  # --num-workers 0: one process
                 # before any thread: may fork (as the decoders)
-                self._reader = ReaderProcess(self.options.worker_start if threading.active_count() == 1 else "spawn")
+                start = self.options.worker_start if threading.active_count() == 1 else "spawn"
+                nice = DECODE_NICE_BESIDE_CPU_STAGES if self.options.device == "cpu" else 0
+                self._reader = ReaderProcess(start, nice)
             self._decoder = make_decoder(self.options, self.decode)  # before any thread: may fork
             self._warm_up = threading.Thread(target=warm_up, name="curator-warm-up", daemon=True)
             self._warm_up.start()

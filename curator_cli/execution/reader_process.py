@@ -29,9 +29,14 @@ from curator_cli.io.readers.tar import read_tar
 CHUNK = 128  # samples per message
 
 
-def _serve(conn: Any, parent_pid: int) -> None:
+def _serve(conn: Any, parent_pid: int, nice: int) -> None:
     """The child: read each shard it is sent, chunk by chunk, until told to stop (None)."""
     die_with_parent(parent_pid)
+    if nice:  # beside stages on the CPU, as the decode workers: never preempt the model's threads
+        try:
+            os.nice(nice)
+        except OSError:
+            pass
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when to stop
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     while True:
@@ -71,10 +76,12 @@ def _serve(conn: Any, parent_pid: int) -> None:
 class ReaderProcess:
     """A child process reading tar shards for the feeder (:meth:`samples`), one shard at a time."""
 
-    def __init__(self, start_method: str = "fork") -> None:
+    def __init__(self, start_method: str = "fork", nice: int = 0) -> None:
+        """``nice``: added to the child's niceness (lower priority), for runs whose stages use the CPU."""
         ctx = multiprocessing.get_context(start_method)
         self._conn, child = ctx.Pipe(duplex=True)
-        self._process = ctx.Process(target=_serve, args=(child, os.getpid()), name="curator-reader", daemon=True)
+        self._process = ctx.Process(target=_serve, args=(child, os.getpid(), nice), name="curator-reader",
+                                    daemon=True)
         self._process.start()
         child.close()
         self.broken = False
