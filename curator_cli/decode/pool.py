@@ -93,6 +93,20 @@ def die_with_parent(parent_pid: int) -> None:
         os._exit(1)
 
 
+def start_helper_process(parent_pid: int, nice: int) -> None:
+    """What a helper process of the run (a decode worker, the tar reader) does first: die with its
+    parent, leave SIGINT to the parent and take SIGTERM's default (not the parent's handler, when
+    forked), and lower its priority by ``nice`` (beside stages that use the CPU)."""
+    die_with_parent(parent_pid)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when to stop
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    if nice:
+        try:
+            os.nice(nice)
+        except OSError:
+            pass
+
+
 class _Files:
     """The shard files a worker reads image bytes from, kept open (a few, most recent first)."""
 
@@ -128,20 +142,13 @@ def _worker_main(conn: Connection, current: Any, progress: Any, moved: Any, opti
     last changed: the parent's watch on hangs and crashes, at no message cost. ``inherited``: the
     parent's ends of the pool's pipes and sockets, copied into this process by fork, closed here at
     once (so that this worker never keeps a pipe open, its own included)."""
-    die_with_parent(parent_pid)
+    start_helper_process(parent_pid, nice)
     for handle in inherited:
         try:
             handle.close()
         except OSError:
             pass
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when to stop
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # not the parent's handler, when forked
     Image.MAX_IMAGE_PIXELS = options.max_pixels
-    if nice:
-        try:
-            os.nice(nice)
-        except OSError:
-            pass
     arenas = ArenaWriter()
     files = _Files()
     conn.send(READY)  # timeouts count from here, not from process start-up

@@ -17,12 +17,11 @@ from __future__ import annotations
 
 import multiprocessing
 import os
-import signal
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from curator_cli.decode.pool import die_with_parent
+from curator_cli.decode.pool import start_helper_process
 from curator_cli.io.readers.base import ReadOptions, Sample, ShardReadError
 from curator_cli.io.readers.tar import read_tar
 
@@ -31,14 +30,7 @@ CHUNK = 128  # samples per message
 
 def _serve(conn: Any, parent_pid: int, nice: int) -> None:
     """The child: read each shard it is sent, chunk by chunk, until told to stop (None)."""
-    die_with_parent(parent_pid)
-    if nice:  # beside stages on the CPU, as the decode workers: never preempt the model's threads
-        try:
-            os.nice(nice)
-        except OSError:
-            pass
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when to stop
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    start_helper_process(parent_pid, nice)  # nice beside CPU stages: never preempt the model's threads
     while True:
         try:
             request = conn.recv()
