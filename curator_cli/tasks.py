@@ -73,6 +73,8 @@ class ImageBatch(Task[list[ImageObject]]):
 
 def to_vector(value: Any) -> np.ndarray:
     """A stage's embedding (numpy array, torch tensor or sequence) as a 1-D float32 numpy array."""
+    if type(value) is np.ndarray and value.dtype == np.float32 and value.ndim == 1:  # the usual case, as it is
+        return value
     if hasattr(value, "detach"):  # torch.Tensor, on any device and dtype
         value = value.detach().float().cpu().numpy()
     return np.asarray(value, dtype=np.float32).reshape(-1)

@@ -24,18 +24,11 @@ from PIL import Image
 
 from curator_cli.decode.pillow import DecodeOptions
 from curator_cli.decode.jobs import DecodeFailure, DecodeJob, Decoder, decode_one
-from curator_cli.io.readers.base import ByteRange, payload_bytes
+from curator_cli.io.readers.base import ByteRange, OpenFiles
 from curator_cli.stages.preprocess import stacked_by_shape
 
 JPEG_MAGIC = b"\xff\xd8\xff"
 RESIZE_GROUP = 32  # decoded images of one shape resized per call (bounds the extra GPU memory)
-
-
-def _read(payload: bytes | ByteRange | None) -> bytes | None:
-    try:
-        return payload_bytes(payload)
-    except OSError:
-        return None  # the CPU fallback reports the image as unreadable
 
 
 class GpuDecodeUnavailable(RuntimeError):
@@ -124,6 +117,7 @@ class GpuDecoder(Decoder):
         self._stream = stream or own_cuda_stream(self.device)
         self._jobs: queue.SimpleQueue[DecodeJob | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
+        self._files = OpenFiles()  # used by the decode thread only
 
     def _resize(self, batch: Any) -> Any:
         """(N, 3, H, W) uint8 on the GPU -> shorter side ``min_side``, or with ``crop`` exactly the
@@ -194,7 +188,10 @@ class GpuDecoder(Decoder):
         if self._thread is not None:
             self._jobs.put(None)
             self._thread.join(timeout=60)
+            if self._thread.is_alive():  # still decoding: its files are left to the process exit
+                return
             self._thread = None
+        self._files.close()
 
     def _serve(self) -> None:
         """The decode thread: jobs in the order submitted; an error fails its job, not the thread."""
@@ -207,10 +204,10 @@ class GpuDecoder(Decoder):
 
     def _decode(self, job: DecodeJob) -> None:
         t0 = time.perf_counter()
-        job.payloads = [_read(p) for p in job.payloads]
+        job.payloads = [self._files.read(p) for p in job.payloads]  # an unreadable range stays one
         on_gpu: list[int] = []
         for i, data in enumerate(job.payloads):
-            header = _jpeg_header(data) if data and data[:3] == JPEG_MAGIC else None
+            header = _jpeg_header(data) if isinstance(data, bytes) and data[:3] == JPEG_MAGIC else None
             if header is None or header[2] != 1:  # not a JPEG, or rotated/mirrored: the CPU decoder
                 continue
             width, height, _ = header

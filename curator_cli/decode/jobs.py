@@ -46,12 +46,19 @@ class DecodeJob:
         # images whose decode worker died under them once (killed from outside, e.g. by the OOM
         # killer, or a native crash): retried once in a fresh worker; a second death fails the image
         self.crashed: set[int] = set()
-        self._done = threading.Event()
-        if not self.payloads:
-            self._done.set()
+        self.parts_open = 0  # parts of it queued for, or held by, a decode worker (the pool's count)
+        # held until the job is done: a plain lock (an Event's set goes through a Condition: a few
+        # times the cost, once per job in the dispatcher thread)
+        self._done = threading.Lock()
+        self._finished = False
+        if self.payloads:
+            self._done.acquire()
+        else:
+            self._finished = True
 
     def wait(self) -> list[DecodeResult]:
-        self._done.wait()
+        with self._done:  # free once finished
+            pass
         if self.error is not None:
             raise RuntimeError(f"decoding failed: {self.error}") from self.error
         self.payloads = []
@@ -61,7 +68,9 @@ class DecodeJob:
         if self.place is not None and self.pixels is not None:
             self.pixels.job_done()  # nothing writes into its part of the batch any more
             self.place = None
-        self._done.set()
+        if not self._finished:
+            self._finished = True
+            self._done.release()
 
 
 def decode_one(data: bytes | ByteRange | None, options: DecodeOptions) -> DecodeResult:

@@ -58,7 +58,7 @@ from curator_cli.decode.transport import (
     shared_memory_usable,
     shm_prefix,
 )
-from curator_cli.io.readers.base import ByteRange
+from curator_cli.io.readers.base import ByteRange, OpenFiles
 from curator_cli.options import DecodeOptions
 
 READY = "ready"
@@ -66,18 +66,43 @@ JOBS_PER_WORKER = 2  # jobs a worker holds: it starts the next while its answer 
 ARENA_WAIT_S = 0.2  # how long new_batch waits for a free arena before checking again
 UNSEEN = (-2, -2)  # no (job key, position) a worker publishes: the next look restarts its timeout
 HANG_CHECK_S = 0.1  # how often the dispatcher looks for workers stuck on an image
-OPEN_FILES = 8  # shard files a worker keeps open to read images from (ByteRange)
 PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 
 def cpu_wait_seconds(pid: int) -> float | None:
     """Seconds process ``pid`` has spent runnable but waiting for a CPU (Linux /proc/PID/schedstat),
     or None where that is not known."""
+    stat = _SchedStat(pid)
     try:
-        with open(f"/proc/{pid}/schedstat", "rb") as handle:
-            return int(handle.read().split()[1]) / 1e9
-    except (OSError, ValueError, IndexError):
-        return None
+        return stat.wait_seconds()
+    finally:
+        stat.close()
+
+
+class _SchedStat:
+    """A process's /proc/PID/schedstat, kept open and read again from its start for each look (the
+    dispatcher looks at every busy worker 10 times a second: opening the file each time cost it
+    more than everything else it does per image)."""
+
+    def __init__(self, pid: int) -> None:
+        try:
+            self._fd: int | None = os.open(f"/proc/{pid}/schedstat", os.O_RDONLY)
+        except OSError:
+            self._fd = None
+
+    def wait_seconds(self) -> float | None:
+        """As :func:`cpu_wait_seconds`; None once the process is gone or where the file is missing."""
+        if self._fd is None:
+            return None
+        try:
+            return int(os.pread(self._fd, 128, 0).split()[1]) / 1e9
+        except (OSError, ValueError, IndexError):
+            return None
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
 
 
 def die_with_parent(parent_pid: int) -> None:
@@ -107,34 +132,6 @@ def start_helper_process(parent_pid: int, nice: int) -> None:
             pass
 
 
-class _Files:
-    """The shard files a worker reads image bytes from, kept open (a few, most recent first)."""
-
-    def __init__(self) -> None:
-        self._fds: dict[str, int] = {}
-
-    def read(self, data: bytes | ByteRange | None) -> bytes | ByteRange | None:
-        """The bytes of a :class:`ByteRange`, or ``data`` itself; an unreadable range stays a
-        range (its reading then fails with the reason, in :func:`picture_one`)."""
-        if not isinstance(data, ByteRange):
-            return data
-        try:
-            fd = self._fds.pop(data.path, None)
-            if fd is None:
-                fd = os.open(data.path, os.O_RDONLY)
-            self._fds[data.path] = fd
-            while len(self._fds) > OPEN_FILES:
-                os.close(self._fds.pop(next(iter(self._fds))))
-            return os.pread(fd, data.size, data.offset)
-        except OSError:
-            return data
-
-    def close(self) -> None:
-        for fd in self._fds.values():
-            os.close(fd)
-        self._fds.clear()
-
-
 def _worker_main(conn: Connection, current: Any, progress: Any, moved: Any, options: DecodeOptions,
                  nice: int, parent_pid: int, inherited: list[Any]) -> None:
     """Decode jobs until told to stop. ``current`` and ``progress`` (shared memory) hold the key of
@@ -150,7 +147,7 @@ def _worker_main(conn: Connection, current: Any, progress: Any, moved: Any, opti
             pass
     Image.MAX_IMAGE_PIXELS = options.max_pixels
     arenas = ArenaWriter()
-    files = _Files()
+    files = OpenFiles()
     conn.send(READY)  # timeouts count from here, not from process start-up
     mark = time.process_time()  # the worker's CPU is reported from here on, messages included
     while True:
@@ -171,7 +168,7 @@ def _worker_main(conn: Connection, current: Any, progress: Any, moved: Any, opti
 
 
 def _decode_job(indices: list[int], payloads: list[Any], place: Place | None, options: DecodeOptions,
-                arenas: ArenaWriter, files: _Files, progress: Any, moved: Any) -> list[Any]:
+                arenas: ArenaWriter, files: OpenFiles, progress: Any, moved: Any) -> list[Any]:
     """One job's answer, an item per image: a failure's reason, ``("at", offset, shape)`` for a
     picture written into the batch's arena, or an array (no arena, or it did not fit)."""
     values: list[Any] = []
@@ -219,6 +216,7 @@ class _Worker:
         self._waited = 0.0  # seconds this worker spent runnable but without a CPU, as last read
         self.waited_lately = 0.0  # of those, the ones counted since the read before
         self._clock = 0.0
+        self._schedstat = _SchedStat(self.process.pid)
         self._outbox: queue.SimpleQueue = queue.SimpleQueue()
         self._sender = threading.Thread(target=self._send_loop, name=f"curator-decode-send-{self.process.pid}",
                                          daemon=True)
@@ -242,7 +240,7 @@ class _Worker:
         """The clock decode timeouts run on: monotonic time less the time the worker waited for a CPU
         (plain monotonic time where the kernel does not say). Never goes back: the kernel adds a
         wait to its count only when the wait ends."""
-        waited = cpu_wait_seconds(self.process.pid)
+        waited = self._schedstat.wait_seconds()
         if waited is not None:
             self.waited_lately, self._waited = max(0.0, waited - self._waited), waited
         self._clock = max(self._clock, time.monotonic() - self._waited)
@@ -259,6 +257,7 @@ class _Worker:
             self.process.kill()
             self.process.join(timeout=5)
         self._sender.join(timeout=5)  # a send to a dead worker fails at once
+        self._schedstat.close()
         self.conn.close()
 
 
@@ -321,6 +320,7 @@ class DecodePool(Decoder):
             with self._lock:
                 self._keys += 1
                 self._pending.append((job, self._keys, list(range(len(job.payloads))), job.place))
+                job.parts_open += 1
             self._wake()
         return job
 
@@ -415,6 +415,7 @@ class DecodePool(Decoder):
         if not worker.assigned or worker.assigned[0][1] != key:
             return  # not ours (cannot happen: workers answer in order)
         job, _, indices, place = worker.assigned.popleft()
+        job.parts_open -= 1
         worker.seen, worker.reset_at = UNSEEN, time.monotonic()  # its next job's timeout counts from now
         arena = job.pixels.arena if place is not None and job.pixels is not None else None
         rows = None
@@ -436,13 +437,11 @@ class DecodePool(Decoder):
         self._finish_if_done(job)
 
     def _finish_if_done(self, job: DecodeJob) -> None:
-        """A job is done when no worker holds part of it and nothing of it is pending."""
-        if any(e[0] is job for w in self._workers for e in w.assigned):
-            return
-        with self._lock:
-            if any(p[0] is job for p in self._pending):
-                return
-        job._finish()
+        """A job is done when no part of it is pending or held by a worker (counted, not searched
+        for: with many workers and small jobs, searching every queue on every answer was most of the
+        dispatcher's work)."""
+        if job.parts_open == 0:
+            job._finish()
 
     def _replace(self, worker: _Worker, reason: str, retry: bool = False) -> None:
         """The image ``worker`` is on gets ``reason``; the worker is replaced; the rest of its part of
@@ -457,6 +456,8 @@ class DecodePool(Decoder):
             pass
         entries = list(worker.assigned)
         worker.assigned.clear()
+        for job, _, _, _ in entries:
+            job.parts_open -= 1
         current, position = worker.current.value, worker.progress.value
         worker.stop(kill=True)
         self._startup_failures = 0 if worker.ready else self._startup_failures + 1
@@ -483,6 +484,8 @@ class DecodePool(Decoder):
                 self._keys += 1
                 requeue.append((job, self._keys, indices, None))
             self._pending.extendleft(reversed(requeue))
+            for job, _, _, _ in requeue:
+                job.parts_open += 1
         for job, _, _, _ in entries:
             self._finish_if_done(job)
 

@@ -18,6 +18,7 @@ pixels then travel through the workers' pipes as arrays.
 from __future__ import annotations
 
 import glob
+import math
 import mmap
 import os
 import threading
@@ -84,6 +85,7 @@ class Arena:
         self.name = ""
         self.size = 0
         self._map: mmap.mmap | None = None
+        self._bytes: np.ndarray | None = None  # the whole mapping as uint8: views are slices of it
 
     def ensure(self, size: int) -> bool:
         """At least ``size`` bytes (a new file when it must grow: workers map the new name); False
@@ -102,6 +104,7 @@ class Arena:
         try:
             os.ftruncate(fd, size)
             self._map = mmap.mmap(fd, size)
+            self._bytes = np.frombuffer(self._map, dtype=np.uint8)
         except OSError:
             self.drop()
             return False
@@ -112,8 +115,8 @@ class Arena:
 
     def view(self, offset: int, shape: tuple[int, ...]) -> np.ndarray:
         """A writable uint8 array over ``shape`` bytes of the arena from ``offset`` (no copy)."""
-        assert self._map is not None
-        return np.ndarray(shape, dtype=np.uint8, buffer=self._map, offset=offset)
+        assert self._bytes is not None
+        return self._bytes[offset:offset + math.prod(shape)].reshape(shape)
 
     def drop(self) -> None:
         """Delete the file; the memory goes once no view of it is left."""
@@ -122,7 +125,7 @@ class Arena:
                 os.unlink(self.name)
             except OSError:
                 pass
-        self._map = None  # closed by the garbage collector with its last view
+        self._map = self._bytes = None  # closed by the garbage collector with its last view
         self.name, self.size = "", 0
 
 
@@ -258,3 +261,4 @@ class ArenaWriter:
             view.close()
             os.close(fd)
         self._maps.clear()
+

@@ -221,6 +221,9 @@ def _call_stage_untimed(stage: ProcessingStage, tasks: list[ImageBatch], context
 
 def _survivors(tasks: list[ImageBatch], alive: dict[int, ImageObject]) -> dict[int, ImageObject]:
     """Map the objects in the stage's output back to input rows: by identity, else by ``image_id``."""
+    if len(tasks) == 1 and len(tasks[0].data) == len(alive) and all(
+            a is b for a, b in zip(tasks[0].data, alive.values())):
+        return alive  # the usual case: the batch came back as it went in
     row_of = {id(obj): row for row, obj in alive.items()}
     rows_by_id: dict[str, list[int]] = {}
     for row, obj in alive.items():

@@ -154,22 +154,25 @@ def _embedding_array(rows: list[OutputRow], layout: OutputLayout) -> pa.Array:
         return pa.array([None] * len(rows), type=layout.embedding_type())
     dim = layout.dim
     values = np.zeros((len(rows), dim), dtype=value_type)
-    filled = []
-    vectors = []
-    for i, r in enumerate(rows):
-        if r.embedding is None:
-            continue
-        if np.shape(r.embedding) != (dim,):
-            shape = np.shape(r.embedding)
-            r.embedding, r.error = None, r.error or f"embedding has shape {shape}, expected {dim}"
-            continue
-        filled.append(i)
-        vectors.append(r.embedding)
+    filled = [i for i, r in enumerate(rows) if r.embedding is not None]
+    vectors = [rows[i].embedding for i in filled]
+    want = (dim,)
+    if not all(type(v) is np.ndarray and v.shape == want for v in vectors):  # checked one by one only then
+        filled, vectors = [], []
+        for i, r in enumerate(rows):
+            if r.embedding is None:
+                continue
+            if np.shape(r.embedding) != want:
+                shape = np.shape(r.embedding)
+                r.embedding, r.error = None, r.error or f"embedding has shape {shape}, expected {dim}"
+                continue
+            filled.append(i)
+            vectors.append(r.embedding)
     if filled:
         with np.errstate(over="ignore", invalid="ignore"):
             values[filled] = np.stack(vectors)  # the cast to float16, where asked
         bad = ~np.isfinite(values[filled]).all(axis=1)
-        for i in np.asarray(filled)[bad]:
+        for i in np.asarray(filled)[bad] if bad.any() else ():
             values[i] = 0
             r = rows[i]
             r.embedding, r.error = None, r.error or f"embedding out of {layout.embedding_dtype} range"

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 from curator_cli.io.names import valid_text
 from curator_cli.options import ReadOptions
 
-__all__ = ["ByteRange", "ReadOptions", "Sample", "ShardReadError", "Unusable", "payload_bytes", "status_error",
+__all__ = ["ByteRange", "OpenFiles", "ReadOptions", "Sample", "ShardReadError", "Unusable", "payload_bytes", "status_error",
            "valid_text"]
 
 
@@ -29,6 +30,37 @@ class ByteRange(NamedTuple):
         with open(self.path, "rb") as handle:
             handle.seek(self.offset)
             return handle.read(self.size)
+
+
+class OpenFiles:
+    """Reads :class:`ByteRange`\ s from a few files kept open (the most recently used), for the
+    processes and threads that read many images from the same shards: a decode worker, the GPU
+    decoder's thread. Opening the shard for every image cost more than reading the image."""
+
+    def __init__(self, keep: int = 8) -> None:
+        self.keep = keep
+        self._fds: dict[str, int] = {}
+
+    def read(self, data: bytes | ByteRange | None) -> bytes | ByteRange | None:
+        """The bytes of a :class:`ByteRange`, or ``data`` itself; an unreadable range stays a range
+        (reading it again then fails with the reason, where the image's error is written)."""
+        if not isinstance(data, ByteRange):
+            return data
+        try:
+            fd = self._fds.pop(data.path, None)
+            if fd is None:
+                fd = os.open(data.path, os.O_RDONLY)
+            self._fds[data.path] = fd
+            while len(self._fds) > self.keep:
+                os.close(self._fds.pop(next(iter(self._fds))))
+            return os.pread(fd, data.size, data.offset)
+        except OSError:
+            return data
+
+    def close(self) -> None:
+        for fd in self._fds.values():
+            os.close(fd)
+        self._fds.clear()
 
 
 @dataclass(frozen=True)
