@@ -115,7 +115,7 @@ def pixel_tensor(images: list[np.ndarray], size: int, device: str, staging: Host
 
     squares = [
         image if isinstance(image, torch.Tensor) else torch.from_numpy(
-            image if image.shape[:2] == (size, size) else np.asarray(square_crop(Image.fromarray(image), size)))
+            image if image.shape[:2] == (size, size) else np.array(square_crop(Image.fromarray(image), size)))
         for image in images
     ]
     on_gpu = next((t.device for t in squares if t.is_cuda), None)  # --decode gpu keeps its squares there

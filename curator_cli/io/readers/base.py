@@ -33,7 +33,7 @@ class ByteRange(NamedTuple):
 
 
 class OpenFiles:
-    """Reads :class:`ByteRange`\ s from a few files kept open (the most recently used), for the
+    """Reads byte ranges (:class:`ByteRange`) from a few files kept open (the most recently used), for the
     processes and threads that read many images from the same shards: a decode worker, the GPU
     decoder's thread. Opening the shard for every image cost more than reading the image."""
 
