@@ -170,3 +170,24 @@ def test_gpu_decoders_jpeg_header_agrees_with_pillow():
     for cut in (3, 10, 20, len(data) // 50):
         assert _jpeg_header(data[:cut]) is None  # no frame header yet: the CPU decoder decides
     assert _jpeg_header(b"\xff\xd8" + b"\xff" * 5000) is None
+
+
+def test_decode_jobs_are_as_large_as_keeps_every_worker_busy():
+    # every job costs the main process about the same whatever its size, so jobs are about as large
+    # as they can be while the two batches decoding ahead still give every worker its JOBS_PER_WORKER jobs
+    from math import ceil
+
+    from curator_cli.decode.pool import JOBS_PER_WORKER
+    from curator_cli.execution.processor import MAX_CHUNK, decode_chunk
+
+    def busy(batch: int, workers: int, chunk: int) -> bool:
+        return 2 * ceil(batch / chunk) >= JOBS_PER_WORKER * workers
+
+    for workers in (1, 2, 4, 8, 16, 64):
+        for batch in (1, 7, 32, 256, 1024):
+            chunk = decode_chunk(batch, workers)
+            assert 1 <= chunk <= MAX_CHUNK
+            assert chunk == 1 or busy(batch, workers, chunk), (batch, workers, chunk)
+            largest = max([c for c in range(1, min(MAX_CHUNK, batch) + 1) if busy(batch, workers, c)] or [1])
+            assert chunk >= largest / 2, (batch, workers, chunk, largest)  # never needlessly small
+    assert decode_chunk(256, 16) == 16 and decode_chunk(256, 2) == MAX_CHUNK
