@@ -76,8 +76,9 @@ def main(argv: list[str] | None = None) -> int:
             runs = [feed(pool, payloads, chunk) for _ in range(args.repeats)]
             cpu = statistics.median(r[0] for r in runs)
             rate = statistics.median(r[1] for r in runs)
-            print(f"jobs of {chunk:3d}: main process {cpu:6.1f} us/image (runs {', '.join(f'{r[0]:.1f}' for r in runs)}), "
-                  f"{rate:6.0f} images/s, {args.workers} workers")
+            each = ", ".join(f"{r[0]:.1f}" for r in runs)
+            print(f"jobs of {chunk:3d}: main process {cpu:6.1f} us/image (runs {each}), {rate:6.0f} images/s, "
+                  f"{args.workers} workers")
     finally:
         pool.close()
     return 0

@@ -174,10 +174,16 @@ def make_decoder(options: EmbedOptions, decode: DecodeOptions) -> Decoder:
         return GpuDecoder(decode, options.device)
     if options.num_workers <= 0:
         return InlineDecoder(decode)
-    # forking a process that runs other threads (Ray's, a test runner's) is not safe: spawn then
-    start = options.worker_start if threading.active_count() == 1 else "spawn"
-    nice = DECODE_NICE_BESIDE_CPU_STAGES if options.device == "cpu" else 0
+    start, nice = helper_process_start(options)
     return DecodePool(options.num_workers, decode, options.decode_timeout, start, nice)
+
+
+def helper_process_start(options: EmbedOptions) -> tuple[str, int]:
+    """(start method, niceness) for the run's helper processes, the decode workers and the tar
+    reader: forked while this process runs no other thread, spawned otherwise (forking a process
+    that runs other threads, Ray's or a test runner's, is not safe); at nice 19 beside CPU stages."""
+    start = options.worker_start if threading.active_count() == 1 else "spawn"
+    return start, DECODE_NICE_BESIDE_CPU_STAGES if options.device == "cpu" else 0
 
 
 @dataclass
@@ -299,10 +305,7 @@ class ShardProcessor:
         ``run``)."""
         if self._decoder is None:
             if self.options.num_workers > 0 or self.options.decode == "gpu":  # --num-workers 0: one process
-                # before any thread: may fork (as the decoders)
-                start = self.options.worker_start if threading.active_count() == 1 else "spawn"
-                nice = DECODE_NICE_BESIDE_CPU_STAGES if self.options.device == "cpu" else 0
-                self._reader = ReaderProcess(start, nice)
+                self._reader = ReaderProcess(*helper_process_start(self.options))  # before any thread: may fork
             self._decoder = make_decoder(self.options, self.decode)  # before any thread: may fork
             self._warm_up = threading.Thread(target=warm_up, name="curator-warm-up", daemon=True)
             self._warm_up.start()

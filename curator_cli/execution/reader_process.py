@@ -4,8 +4,9 @@ Walking a tar's headers, reading its caption and metadata members and building o
 image cost the main process 55-60 us per image (bench/RESULTS.md), the largest part of its work per
 image: with 16 decode workers that is what would cap a run. A :class:`ReaderProcess` runs the tar
 reader (``io.readers.tar``) in a child process and sends its samples to the feeder in chunks, one
-pickled message per :data:`CHUNK` samples (about 7 us per sample to receive). Image bytes stay in
-the shard: a sample carries its byte range, which the decode workers read themselves.
+pickled message per :data:`CHUNK` samples, each a plain tuple (a few us per sample to receive).
+Image bytes stay in the shard: a sample carries its byte range, which the decode workers read
+themselves.
 
 The feeder reads one shard at a time; the child reads ahead of it by the pipe's buffer and one
 chunk. A shard given up part-way (a failing run, an interrupt) is stopped between chunks. Errors
@@ -60,10 +61,9 @@ def _serve(conn: Any, parent_pid: int, nice: int) -> None:
             continue
         path, options = request
         chunk: list[tuple | Sample] = []
-        shard = str(Path(path))  # as the tar reader names it in its byte ranges
         try:
             for sample in read_tar(Path(path), options):
-                chunk.append(_packed(sample, shard))
+                chunk.append(_packed(sample, path))
                 if len(chunk) >= CHUNK:
                     conn.send(("samples", chunk))
                     chunk = []
@@ -103,7 +103,7 @@ class ReaderProcess:
 
     def samples(self, path: Path, options: ReadOptions) -> Iterator[Sample]:
         """The samples of the tar shard ``path``, as ``read_tar`` gives them (errors included)."""
-        shard = str(Path(path))  # as the child's byte ranges name it
+        shard = str(Path(path))  # as the tar reader names the shard in its byte ranges
         self._conn.send((shard, options))
         done = False
         try:

@@ -154,20 +154,19 @@ def _embedding_array(rows: list[OutputRow], layout: OutputLayout) -> pa.Array:
         return pa.array([None] * len(rows), type=layout.embedding_type())
     dim = layout.dim
     values = np.zeros((len(rows), dim), dtype=value_type)
-    filled = [i for i, r in enumerate(rows) if r.embedding is not None]
-    vectors = [rows[i].embedding for i in filled]
+    filled = []
+    vectors = []
     want = (dim,)
-    if not all(type(v) is np.ndarray and v.shape == want for v in vectors):  # checked one by one only then
-        filled, vectors = [], []
-        for i, r in enumerate(rows):
-            if r.embedding is None:
-                continue
-            if np.shape(r.embedding) != want:
-                shape = np.shape(r.embedding)
-                r.embedding, r.error = None, r.error or f"embedding has shape {shape}, expected {dim}"
-                continue
-            filled.append(i)
-            vectors.append(r.embedding)
+    for i, r in enumerate(rows):
+        vector = r.embedding
+        if vector is None:
+            continue
+        # an array's own shape first: np.shape costs a microsecond per row
+        if not (type(vector) is np.ndarray and vector.shape == want) and np.shape(vector) != want:
+            r.embedding, r.error = None, r.error or f"embedding has shape {np.shape(vector)}, expected {dim}"
+            continue
+        filled.append(i)
+        vectors.append(vector)
     if filled:
         with np.errstate(over="ignore", invalid="ignore"):
             values[filled] = np.stack(vectors)  # the cast to float16, where asked

@@ -9,8 +9,8 @@ from typing import Any, NamedTuple
 from curator_cli.io.names import valid_text
 from curator_cli.options import ReadOptions
 
-__all__ = ["ByteRange", "OpenFiles", "ReadOptions", "Sample", "ShardReadError", "Unusable", "payload_bytes", "status_error",
-           "valid_text"]
+__all__ = ["ByteRange", "OpenFiles", "ReadOptions", "Sample", "ShardReadError", "Unusable", "payload_bytes",
+           "status_error", "valid_text"]
 
 
 class ShardReadError(Exception):
@@ -33,9 +33,9 @@ class ByteRange(NamedTuple):
 
 
 class OpenFiles:
-    """Reads byte ranges (:class:`ByteRange`) from a few files kept open (the most recently used), for the
-    processes and threads that read many images from the same shards: a decode worker, the GPU
-    decoder's thread. Opening the shard for every image cost more than reading the image."""
+    """Reads byte ranges (:class:`ByteRange`) from a few files kept open (the most recently used),
+    for the processes and threads that read many images from the same shards: a decode worker, the
+    GPU decoder's thread. Opening the shard for every image cost more than reading the image."""
 
     def __init__(self, keep: int = 8) -> None:
         self.keep = keep
