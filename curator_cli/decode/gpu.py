@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import io
 import queue
+import struct
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -38,7 +39,7 @@ class GpuDecodeUnavailable(RuntimeError):
 EXIF_ORIENTATION = 0x0112
 
 
-def _jpeg_header(data: bytes) -> tuple[int, int, int] | None:
+def _jpeg_header(data: bytes | memoryview) -> tuple[int, int, int] | None:
     """(width, height, EXIF orientation) from a JPEG's header, None when it cannot be parsed.
 
     The markers before the scan are walked here (a few microseconds: Pillow's ``open`` + ``getexif``
@@ -48,22 +49,22 @@ def _jpeg_header(data: bytes) -> tuple[int, int, int] | None:
     exif = False
     at, end = 2, min(len(data), 1 << 20)
     while at + 4 <= end:
-        if data[at] != 0xFF:
+        fill, marker, length = _MARKER.unpack_from(data, at)
+        if fill != 0xFF:
             return None
-        marker = data[at + 1]
         if marker == 0xFF:  # fill byte
             at += 1
             continue
-        if marker in (0x01, *range(0xD0, 0xD8)):  # no length
+        if marker in _NO_LENGTH:
             at += 2
             continue
-        length = int.from_bytes(data[at + 2:at + 4], "big")
         if length < 2:
             return None
         if marker == 0xE1 and (data[at + 4:at + 10] == b"Exif\0\0" or data[at + 4:at + 33] == _XMP):
             exif = True  # an orientation may be there (Pillow also reads XMP's tiff:Orientation)
         elif marker in _SOF_MARKERS and at + 9 <= end:
-            size = (int.from_bytes(data[at + 7:at + 9], "big"), int.from_bytes(data[at + 5:at + 7], "big"))
+            height, width = _SIZE.unpack_from(data, at + 5)
+            size = (width, height)
         elif marker == 0xDA:  # start of scan: the header is over
             break
         at += 2 + length
@@ -79,6 +80,9 @@ def _jpeg_header(data: bytes) -> tuple[int, int, int] | None:
 
 
 _XMP = b"http://ns.adobe.com/xap/1.0/\0"
+_MARKER = struct.Struct(">BBH")  # 0xFF, a marker, the length of its segment
+_SIZE = struct.Struct(">HH")  # a frame header's height and width
+_NO_LENGTH = frozenset((0x01, *range(0xD0, 0xD8)))  # markers without a segment
 _SOF_MARKERS = frozenset((0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF))
 
 
@@ -96,6 +100,45 @@ def own_cuda_stream(device: Any) -> Callable[[], contextlib.AbstractContextManag
         stream.synchronize()
 
     return on_stream
+
+
+class Bitstreams:
+    """One host buffer, reused for every job, that the decode thread reads a job's JPEGs into, each
+    then handed to nvJPEG as a tensor over its part of the buffer: one copy per image from the page
+    cache (or from the reader's bytes), none to make it writable for ``torch.frombuffer``, and no
+    fresh memory to fault in per batch. A job's parts are valid until the next :meth:`load`; the
+    decode thread finishes each job (its pixels synchronised) before it loads the next. The buffer
+    keeps the size of the largest job so far."""
+
+    def __init__(self, files: OpenFiles) -> None:
+        self.files = files
+        self._buffer = bytearray()
+
+    def load(self, payloads: Sequence[bytes | ByteRange | None]) -> list[memoryview | ByteRange | None]:
+        """Each payload's bytes as a part of the buffer; a range that cannot be read stays a range
+        (the CPU decoder reads it again and writes why), None stays None."""
+        need = sum(p.size if isinstance(p, ByteRange) else len(p) for p in payloads if p is not None)
+        if need > len(self._buffer):
+            self._buffer = bytearray(max(need, 2 * len(self._buffer)))  # a new one: views of the old may live on
+        view = memoryview(self._buffer)
+        parts: list[memoryview | ByteRange | None] = []
+        at = 0
+        for payload in payloads:
+            if payload is None:
+                parts.append(None)
+            elif isinstance(payload, ByteRange):
+                try:
+                    size = self.files.read_into(payload, view[at:])
+                except OSError:
+                    parts.append(payload)
+                    continue
+                parts.append(view[at:at + size])
+                at += payload.size
+            else:
+                view[at:at + len(payload)] = payload
+                parts.append(view[at:at + len(payload)])
+                at += len(payload)
+        return parts
 
 
 class GpuDecoder(Decoder):
@@ -118,6 +161,7 @@ class GpuDecoder(Decoder):
         self._jobs: queue.SimpleQueue[DecodeJob | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._files = OpenFiles()  # used by the decode thread only
+        self._bitstreams = Bitstreams(self._files)
 
     def _resize(self, batch: Any) -> Any:
         """(N, 3, H, W) uint8 on the GPU -> shorter side ``min_side``, or with ``crop`` exactly the
@@ -143,36 +187,41 @@ class GpuDecoder(Decoder):
         if tuple(batch.shape[2:]) == target:
             return batch
         resized = F.interpolate(batch.float(), size=target, mode="bilinear", antialias=True, align_corners=False)
-        return resized.round().clamp(0, 255).to(torch.uint8)
+        return resized.round_().clamp_(0, 255).to(torch.uint8)
 
     def _finish(self, decoded: list[Any]) -> tuple[list[Any], Any]:
         """Resize decoded images, those of one shape together (one interpolate call per group, not per
-        image); exact squares stay on the GPU for the tensor fast path, the rest become H x W x 3 numpy.
-        Also returns, when every image became a square, all of them as rows of one N x S x S x 3 tensor
-        (each image is its row), else None."""
+        image). With ``crop`` every image becomes a row of one N x S x S x 3 tensor on the GPU (for
+        the tensor fast path), each image's result a view of its row; that tensor is also returned
+        when every image decoded, else None. Without, images come back as H x W x 3 numpy arrays,
+        one copy to the host per group."""
         import torch
 
         if not self.options.min_side:  # full size: nothing to resize, nothing to stack
             return [None if image is None else image.permute(1, 2, 0).cpu().numpy() for image in decoded], None
-        size = self.options.min_side
         out: list[Any] = [None] * len(decoded)
-        rows = None
-        if self.options.crop and decoded and all(image is not None for image in decoded):
-            rows = torch.empty((len(decoded), size, size, 3), dtype=torch.uint8, device=self.device)
-        for part, stacked in stacked_by_shape(decoded, limit=RESIZE_GROUP):
-            batch = self._resize(stacked).permute(0, 2, 3, 1)
-            if not (self.options.crop and batch.shape[1] == batch.shape[2] == size):
-                rows = None
-                for k, image in zip(part, batch):
-                    out[k] = image.cpu().numpy()
-            elif rows is not None:
-                rows[part] = batch
-                for k in part:
-                    out[k] = rows[k]
-            else:
-                for k, image in zip(part, batch):
+        if not any(image is not None for image in decoded):
+            return out, None
+        if not self.options.crop:
+            for part, stacked in stacked_by_shape(decoded, limit=RESIZE_GROUP):
+                host = self._resize(stacked).permute(0, 2, 3, 1).cpu().numpy()
+                for k, image in zip(part, host):
                     out[k] = image
-        return out, rows
+            return out, None
+        size = self.options.min_side
+        rows = torch.empty((len(decoded), size, size, 3), dtype=torch.uint8, device=self.device)
+        for part, stacked in stacked_by_shape(decoded, limit=RESIZE_GROUP):
+            squares = self._resize(stacked).permute(0, 2, 3, 1)
+            if part[-1] - part[0] == len(part) - 1:  # consecutive rows (images of one size): one copy
+                rows[part[0]:part[-1] + 1] = squares
+            else:
+                for k, square in zip(part, squares.unbind(0)):
+                    rows[k] = square
+        views = rows.unbind(0)  # one call for every row's view
+        for k, image in enumerate(decoded):
+            if image is not None:
+                out[k] = views[k]
+        return out, (rows if all(image is not None for image in decoded) else None)
 
     def submit(self, payloads: Sequence[bytes | ByteRange | None], pixels: object = None) -> DecodeJob:
         """Queue ``payloads`` for the decode thread (their bytes are read there too); returns at once."""
@@ -204,10 +253,10 @@ class GpuDecoder(Decoder):
 
     def _decode(self, job: DecodeJob) -> None:
         t0 = time.perf_counter()
-        job.payloads = [self._files.read(p) for p in job.payloads]  # an unreadable range stays one
+        job.payloads = self._bitstreams.load(job.payloads)  # an unreadable range stays one
         on_gpu: list[int] = []
         for i, data in enumerate(job.payloads):
-            header = _jpeg_header(data) if isinstance(data, bytes) and data[:3] == JPEG_MAGIC else None
+            header = _jpeg_header(data) if isinstance(data, memoryview) and data[:3] == JPEG_MAGIC else None
             if header is None or header[2] != 1:  # not a JPEG, or rotated/mirrored: the CPU decoder
                 continue
             width, height, _ = header
@@ -219,8 +268,8 @@ class GpuDecoder(Decoder):
         with self._stream():  # decoding and resizing: complete when it ends
             self._decode_on_device(job, on_gpu)
         for i, data in enumerate(job.payloads):
-            if job.results[i] is None:
-                job.results[i] = decode_one(data, self.options)  # CPU fallback: non-JPEG or nvJPEG refused it
+            if job.results[i] is None:  # CPU fallback: non-JPEG or nvJPEG refused it
+                job.results[i] = decode_one(bytes(data) if isinstance(data, memoryview) else data, self.options)
         job.decode_seconds = time.perf_counter() - t0
         job._finish()
 
@@ -231,7 +280,7 @@ class GpuDecoder(Decoder):
 
         decoded: list[Any] = []
         if on_gpu:
-            tensors = [torch.frombuffer(bytearray(job.payloads[i]), dtype=torch.uint8) for i in on_gpu]
+            tensors = [torch.frombuffer(job.payloads[i], dtype=torch.uint8) for i in on_gpu]  # no copy
             try:
                 decoded = decode_jpeg(tensors, mode=ImageReadMode.RGB, device=self.device, apply_exif_orientation=True)
             except RuntimeError:

@@ -84,6 +84,52 @@ def test_gpu_decoder_logic_with_the_cpu_standing_in_for_nvjpeg():
     decoder.close()
 
 
+@pytest.mark.filterwarnings("ignore:The image decoding and encoding capabilities of TorchVision:DeprecationWarning")
+def test_gpu_decoder_reads_byte_ranges_into_one_reused_buffer(tmp_path):
+    """The tar reader hands ``--decode gpu`` byte ranges in the shard: its thread reads them into one
+    buffer it reuses from job to job, and nvJPEG gets tensors over that buffer. Every job sees its own
+    images' bytes (mixed with bytes from a parquet reader), a range that cannot be read or that the file
+    cuts short gets a reason, and a plain ``process()`` stage's pictures (no crop) are the same as
+    decoded one by one."""
+    import contextlib
+
+    import torch
+
+    from curator_cli.decode.gpu import GpuDecoder
+    from curator_cli.io.readers.base import ByteRange
+
+    photos = [jpeg(20 + k, (160, 96) if k % 2 else (120, 90)) for k in range(6)]
+    shard = tmp_path / "images.bin"
+    shard.write_bytes(b"".join(photos))
+    ranges, at = [], 0
+    for data in photos:
+        ranges.append(ByteRange(str(shard), at, len(data)))
+        at += len(data)
+    options = DecodeOptions(min_side=64, crop=True, max_pixels=10**6)
+    decoder = GpuDecoder(options, "cpu", stream=contextlib.nullcontext)
+    from_bytes = decoder.submit(photos).wait()
+    first = decoder.submit(ranges[:2]).wait()  # a small job, then a larger one: the buffer grows
+    second = decoder.submit([ranges[5], photos[4], *ranges[:4]]).wait()
+    third = decoder.submit(ranges[:2]).wait()  # the buffer reused: this job's bytes, not the last one's
+    assert all(torch.equal(a, b) for a, b in zip(first, from_bytes[:2]))
+    assert all(torch.equal(a, b) for a, b in zip(second, [from_bytes[5], from_bytes[4], *from_bytes[:4]]))
+    assert all(torch.equal(a, b) for a, b in zip(third, from_bytes[:2]))
+    missing = ByteRange(str(tmp_path / "gone.tar"), 0, 100)
+    cut = ByteRange(str(shard), at - len(photos[5]) // 2, len(photos[5]))  # runs past the file's end
+    results = decoder.submit([missing, ranges[1], cut]).wait()
+    assert results[0].startswith("unreadable: No such file")
+    assert torch.equal(results[1], from_bytes[1])
+    assert isinstance(results[2], str) and results[2]
+    decoder.close()
+
+    plain = GpuDecoder(DecodeOptions(min_side=64, max_pixels=10**6), "cpu", stream=contextlib.nullcontext)
+    together = plain.submit(ranges).wait()
+    for data, image in zip(photos, together):
+        alone = plain.submit([data]).wait()[0]
+        assert isinstance(image, np.ndarray) and min(image.shape[:2]) == 64 and np.array_equal(image, alone)
+    plain.close()
+
+
 def _slow_png() -> bytes:
     """A legitimately slow image: 8000 x 8000 pixels (under Pillow's limit), tiny when compressed."""
     buffer = io.BytesIO()
@@ -165,6 +211,7 @@ def test_gpu_decoders_jpeg_header_agrees_with_pillow():
     for kwargs in ({}, {"progressive": True}, {"exif": exif.tobytes()}, {"xmp": xmp}, {"quality": 30}):
         data = encode(picture, **kwargs)
         assert _jpeg_header(data) == pillow(data), kwargs
+        assert _jpeg_header(memoryview(bytearray(data))) == pillow(data), kwargs  # as the decode thread reads it
     assert _jpeg_header(encode(picture, xmp=xmp))[2] == 8  # XMP alone rotates too
     data = encode(picture)
     for cut in (3, 10, 20, len(data) // 50):

@@ -47,15 +47,23 @@ class OpenFiles:
         if not isinstance(data, ByteRange):
             return data
         try:
-            fd = self._fds.pop(data.path, None)
-            if fd is None:
-                fd = os.open(data.path, os.O_RDONLY)
-            self._fds[data.path] = fd
-            while len(self._fds) > self.keep:
-                os.close(self._fds.pop(next(iter(self._fds))))
-            return os.pread(fd, data.size, data.offset)
+            return os.pread(self._fd(data.path), data.size, data.offset)
         except OSError:
             return data
+
+    def read_into(self, data: ByteRange, into: memoryview) -> int:
+        """Read ``data`` into ``into`` (at least ``data.size`` bytes long): how many bytes the file
+        held there (fewer than ``size`` when it is cut short). OSError when it cannot be read."""
+        return os.preadv(self._fd(data.path), [into[:data.size]], data.offset)
+
+    def _fd(self, path: str) -> int:
+        fd = self._fds.pop(path, None)
+        if fd is None:
+            fd = os.open(path, os.O_RDONLY)
+        self._fds[path] = fd  # the most recently used last
+        while len(self._fds) > self.keep:
+            os.close(self._fds.pop(next(iter(self._fds))))
+        return fd
 
     def close(self) -> None:
         for fd in self._fds.values():
