@@ -8,6 +8,7 @@ Class names, ``name`` values and fields are what the tests check (``filtered by 
 
 from __future__ import annotations
 
+import atexit
 import os
 import time
 from dataclasses import dataclass
@@ -38,6 +39,19 @@ class Shapes(ProcessingStage[ImageBatch, ImageBatch]):
 @dataclass
 class Sized(Shapes):
     decode_size: int = 64
+
+
+@dataclass
+class AtExit(Shapes):
+    """Shapes, and a handler registered with ``atexit`` in setup (as libraries that flush or upload at
+    exit do) that writes ``marker`` and prints a line (buffered: stdout is a pipe)."""
+    marker: str = ""
+    def setup(self, worker_metadata=None):
+        atexit.register(self._at_exit)
+    def _at_exit(self):
+        with open(self.marker, "w") as handle:
+            handle.write("ran at exit")
+        print("AtExit stage: bye")
 
 
 @dataclass

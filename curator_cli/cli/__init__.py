@@ -1,4 +1,5 @@
-"""The ``curator`` command line: ``embed``, ``inspect``, ``show`` and ``stages``, one module each."""
+"""The ``curator`` command line: ``embed``, ``dedup``, ``inspect``, ``show`` and ``stages``, one
+module each; :func:`run` is the ``curator`` command."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import click
 from curator_cli import __version__
 from curator_cli.cli.dedup import dedup
 from curator_cli.cli.embed import embed
+from curator_cli.cli.exits import exit_now
 from curator_cli.cli.inspect import inspect
 from curator_cli.cli.show import show
 from curator_cli.cli.stages import stages
@@ -32,3 +34,13 @@ def main() -> None:
 
 for _command in (embed, dedup, inspect, show, stages):
     main.add_command(_command)
+
+
+def run() -> None:
+    """The ``curator`` command: :func:`main`, then a fast exit (:func:`~curator_cli.cli.exits.exit_now`).
+    An unexpected exception still ends the normal way, with its traceback."""
+    try:
+        main()  # click's standalone mode: always ends in SystemExit
+    except SystemExit as exc:
+        exit_now(exc.code)
+    exit_now(0)

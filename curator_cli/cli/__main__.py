@@ -1,5 +1,5 @@
 """``python -m curator_cli.cli``: the same as the ``curator`` command."""
 
-from curator_cli.cli import main
+from curator_cli.cli import run
 
-main()
+run()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -125,6 +126,30 @@ def test_console_script_quiet_prints_nothing(tmp_path):
                           capture_output=True, text=True)
     assert done.returncode == 0 and done.stdout == "" and done.stderr == ""
     assert pq.read_metadata(tmp_path / "out" / "s.parquet").num_rows == 2
+
+
+def test_console_script_exit_keeps_exit_handlers_output_and_status(tmp_path):
+    """`curator` ends without tearing the interpreter down (with torch loaded that took ~1 s of every
+    run), yet what users rely on at exit still happens: handlers registered with atexit run (a stage's
+    own, logging's: the --log-file is whole), stdout and stderr are flushed, the status is the documented one."""
+    shard = img2dataset_tar(tmp_path / "s.tar", 3)
+    (tmp_path / "bad.tar").write_bytes(b"not a tar file" * 100)
+    curator = [sys.executable, "-m", "curator_cli.cli"]
+    buffered = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}  # stdout to a pipe: block-buffered
+    done = subprocess.run([*curator, "embed", str(shard), str(tmp_path / "bad.tar"), "-o", str(tmp_path / "out"),
+                           "--stage", stage_spec("AtExit"), "--stage-arg", f"marker={tmp_path / 'marker'}",
+                           "--log-file", str(tmp_path / "run.log")], capture_output=True, text=True, env=buffered)
+    assert done.returncode == 1  # one shard failed
+    assert (tmp_path / "marker").read_text() == "ran at exit" and done.stdout == "AtExit stage: bye\n"
+    assert "1 of 2 shard(s) written, 1 failed" in done.stderr and done.stderr.endswith("\n")  # the summary, whole
+    log = (tmp_path / "run.log").read_text()
+    assert "bad.tar" in log and log.endswith("\n")
+    assert pq.read_metadata(tmp_path / "out" / "s.parquet").num_rows == 3
+    shown = subprocess.run([*curator, "show", str(tmp_path / "out")], capture_output=True, text=True)
+    assert shown.returncode == 0 and "3 row(s)" in shown.stdout and shown.stdout.endswith("\n")
+    usage = subprocess.run([*curator, "embed", str(shard), "-o", str(tmp_path / "out2"), "--batch-size", "0"],
+                           capture_output=True, text=True)
+    assert usage.returncode == 2 and "batch-size" in usage.stderr
 
 
 def test_output_reads_in_polars_and_duckdb_as_dedup_tools_expect(cli, tmp_path):
