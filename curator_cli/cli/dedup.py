@@ -3,13 +3,11 @@ the inputs checked; the output lock; the pipeline; the summary and the exit stat
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import click
 
-from curator_cli.cli.embed import _os_error, _signals_as_exit, _Terminated
-from curator_cli.cli.exits import EXIT_SIGINT, EXIT_SIGTERM, UsageError
+from curator_cli.cli.exits import UsageError, os_error_line, report_summary, stops_on_signals
 from curator_cli.dedup.settings import (DEFAULT_NEIGHBOURS, KEEP_HELP, PERCEPTUAL_DEFAULT_THRESHOLD, DedupError,
                                         DedupSettings, KeepRule, parse_memory)
 
@@ -93,7 +91,7 @@ def dedup(embeddings, output, threshold, keep_rule, id_column, embedding_column,
 
     started = False
     try:
-        with _signals_as_exit(), OutputLock(output):
+        with stops_on_signals("curator dedup", "partitions"), OutputLock(output):
             started = True
             clean_stale_temporaries(output)
             summary = run_dedup(settings, inputs, progress)
@@ -101,21 +99,9 @@ def dedup(embeddings, output, threshold, keep_rule, id_column, embedding_column,
         raise UsageError(str(exc)) from None
     except OSError as exc:
         if not started:
-            raise UsageError(f"cannot write to the output directory {output}: {_os_error(exc)}") from None
-        raise UsageError(f"{_os_error(exc)}; finished partitions are kept, rerun the same command to resume") from None
-    except KeyboardInterrupt:
-        click.echo("curator dedup: interrupted; finished partitions are kept, rerun the same command to resume", err=True)
-        sys.exit(EXIT_SIGINT)
-    except _Terminated:
-        click.echo("curator dedup: terminated; finished partitions are kept, rerun the same command to resume", err=True)
-        sys.exit(EXIT_SIGTERM)
-    if summary_json:
-        try:
-            summary.write_json(summary_json)
-        except OSError as exc:
-            raise UsageError(f"cannot write --summary-json: {_os_error(exc)}") from None
-    if not quiet:
-        click.echo(summary.text(), err=True)
+            raise UsageError(f"cannot write to the output directory {output}: {os_error_line(exc)}") from None
+        raise UsageError(f"{os_error_line(exc)}; finished partitions are kept, rerun the same command to resume") from None
+    report_summary(summary, summary_json, quiet)
     if html_path is not None:
         _write_report(output, paths, summary, settings, html_path, quiet)
 
@@ -136,7 +122,7 @@ def _write_report(output: Path, paths: list[Path], summary, settings: DedupSetti
                                     summary=dataclasses.asdict(summary))
         write_page(html_path, report.page)
     except OSError as exc:
-        raise UsageError(f"cannot write --html {html_path}: {_os_error(exc)} "
+        raise UsageError(f"cannot write --html {html_path}: {os_error_line(exc)} "
                          "(the dedup outputs are complete)") from None
     except (ValueError, pa.ArrowException) as exc:
         raise UsageError(f"cannot make --html {html_path}: {exc} (the dedup outputs are complete)") from None

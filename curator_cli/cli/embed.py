@@ -3,16 +3,15 @@ lock; the plan; the executor; the summary and the exit status."""
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
-import signal
 import sys
 from pathlib import Path
 
 import click
 
-from curator_cli.cli.exits import EXIT_SHARDS_FAILED, EXIT_SIGINT, EXIT_SIGTERM, UsageError
+from curator_cli.cli.exits import (EXIT_SHARDS_FAILED, UsageError, os_error_line, report_summary,
+                                   stops_on_signals)
 from curator_cli.options import DECODE_MODES, EMBEDDING_DTYPES, EXECUTORS, ON_ERROR, PRECISIONS
 
 DEFAULT_STAGE = "perceptual"
@@ -181,7 +180,7 @@ def embed(inputs, output, stage_specs, stage_args, batch_size, device, image_ext
     lock = OutputLock(output)
     started = False
     try:
-        with _signals_as_exit(), lock:
+        with stops_on_signals("curator", "shards"), lock:
             started = True
             summary = run(plan_run(shards, stages, options, specs, list(stage_args),
                                    shards_missing=len(scan.missing)))
@@ -190,48 +189,10 @@ def embed(inputs, output, stage_specs, stage_args, batch_size, device, image_ext
     except OSError as exc:  # the output folder, its lock or _SUCCESS cannot be written (a shard's own failure is its row)
         logging.getLogger("curator").exception("run stopped")
         if not started:
-            raise UsageError(f"cannot write to the output directory {output}: {_os_error(exc)}") from None
-        raise UsageError(f"{_os_error(exc)}; finished shards are kept, rerun the same command to resume") from None
+            raise UsageError(f"cannot write to the output directory {output}: {os_error_line(exc)}") from None
+        raise UsageError(f"{os_error_line(exc)}; finished shards are kept, rerun the same command to resume") from None
     except StageSetupError as exc:
         raise click.ClickException(str(exc)) from None
-    except KeyboardInterrupt:
-        click.echo("curator: interrupted; finished shards are kept, rerun the same command to resume", err=True)
-        sys.exit(EXIT_SIGINT)
-    except _Terminated:
-        click.echo("curator: terminated; finished shards are kept, rerun the same command to resume", err=True)
-        sys.exit(EXIT_SIGTERM)
-    if summary_json:
-        try:
-            summary.write_json(summary_json)
-        except OSError as exc:
-            raise UsageError(f"cannot write --summary-json: {_os_error(exc)}") from None
-    if not quiet:
-        click.echo(summary.text(), err=True)
+    report_summary(summary, summary_json, quiet)
     if summary.shards_failed:
         sys.exit(EXIT_SHARDS_FAILED)
-
-
-def _os_error(exc: OSError) -> str:
-    """One line for an OSError: what failed, on which path."""
-    where = f": {exc.filename}" if exc.filename else ""
-    return f"{exc.strerror or exc}{where}"
-
-
-class _Terminated(BaseException):
-    """SIGTERM, raised in the main thread so that cleanup runs as for Ctrl-C."""
-
-
-@contextlib.contextmanager
-def _signals_as_exit():
-    def on_term(signum, frame):
-        raise _Terminated()
-
-    try:
-        previous = signal.signal(signal.SIGTERM, on_term)
-    except ValueError:  # not the main thread (e.g. embedded use): leave signals alone
-        yield
-        return
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)

@@ -1,11 +1,16 @@
-"""What every command shares: the documented exit statuses and the one-line usage error."""
+"""What every command shares: the documented exit statuses, the one-line usage error, Ctrl-C and
+SIGTERM as one line and their statuses, the end-of-run summary, and the fast exit."""
 
 from __future__ import annotations
 
 import atexit
+import contextlib
 import os
+import signal
 import sys
-from typing import NoReturn
+from collections.abc import Iterator
+from pathlib import Path
+from typing import NoReturn, Protocol
 
 import click
 
@@ -16,6 +21,63 @@ class UsageError(click.ClickException):
     """A mistake the user can fix: printed as one line, exit code 2."""
 
     exit_code = EXIT_USAGE
+
+
+class Summary(Protocol):
+    """What a command's end-of-run summary offers (``RunSummary``, ``DedupSummary``)."""
+
+    def text(self) -> str: ...
+
+    def write_json(self, path: Path) -> None: ...
+
+
+def os_error_line(exc: OSError) -> str:
+    """One line for an OSError: what failed, on which path."""
+    where = f": {exc.filename}" if exc.filename else ""
+    return f"{exc.strerror or exc}{where}"
+
+
+class Terminated(BaseException):
+    """SIGTERM, raised in the main thread so that cleanup runs as for Ctrl-C."""
+
+
+@contextlib.contextmanager
+def stops_on_signals(command: str, kept: str) -> Iterator[None]:
+    """Run the block with SIGTERM raised as :class:`Terminated` in the main thread, so that the
+    cleanup of Ctrl-C runs for it too (locks released, temporaries removed); either then ends the
+    command with one line saying the finished ``kept`` (shards, partitions) are kept, and exit
+    status 130 or 143."""
+    try:
+        previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    except ValueError:  # not the main thread (e.g. embedded use): leave signals alone
+        previous = None
+    try:
+        yield
+    except KeyboardInterrupt:
+        click.echo(f"{command}: interrupted; finished {kept} are kept, rerun the same command to resume", err=True)
+        sys.exit(EXIT_SIGINT)
+    except Terminated:
+        click.echo(f"{command}: terminated; finished {kept} are kept, rerun the same command to resume", err=True)
+        sys.exit(EXIT_SIGTERM)
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _raise_terminated(signum: int, frame: object) -> None:
+    raise Terminated()
+
+
+def report_summary(summary: Summary, summary_json: Path | None, quiet: bool) -> None:
+    """``--summary-json`` (a usage error, one line, when it cannot be written), then the summary on
+    stderr unless ``--quiet``."""
+    if summary_json:
+        try:
+            summary.write_json(summary_json)
+        except OSError as exc:
+            raise UsageError(f"cannot write --summary-json: {os_error_line(exc)}") from None
+    if not quiet:
+        click.echo(summary.text(), err=True)
 
 
 def exit_now(code: object) -> NoReturn:
