@@ -252,7 +252,7 @@ class _Run:
         self.processor.stats.seconds_read += event.read_seconds
         self.finished += 1
         if self.bar is not None:
-            self.bar.set_postfix_str(f"shards {self.finished}/{len(self.shards)}")
+            self.bar.shards_done(self.finished, len(self.shards))
         if key in self.failed:
             return
         reason = event.error or (None if event.samples else "empty shard: no samples")

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import sys
 import threading
 import time
@@ -30,7 +29,6 @@ log = logging.getLogger("curator")
 
 HEARTBEAT_S = 30.0  # seconds between status lines in the log when the bar is off
 HEARTBEAT_ENV = "CURATOR_HEARTBEAT_S"  # overrides HEARTBEAT_S (tests, or a chattier log)
-_SHARDS_DONE = re.compile(r"shards (\d+)/")  # the executors' postfix, set once per finished shard
 
 
 def heartbeat_seconds() -> float:
@@ -45,7 +43,7 @@ def heartbeat_seconds() -> float:
 def progress_bar(enabled: bool, shards: int, expected: SampleCounts | None = None) -> Any:
     """A bar counting images on stderr, towards ``expected`` (the rows of the shards, in the order
     they are run) when given; when not ``enabled``, a :class:`Heartbeat` with the same methods
-    (``update``, ``set_postfix_str``, ``write``, ``close``) that logs instead."""
+    (``update``, ``shards_done``, ``write``, ``close``) that logs instead."""
     if not enabled:
         return Heartbeat(shards, expected=expected)
     return Bar(shards, expected)
@@ -97,12 +95,11 @@ class RunningTotal:
             return images, True
         return max(self._expected, images), self._exact
 
-    def on_postfix(self, text: str, images: int) -> None:
-        """Follow the executors' ``shards K/N`` postfix: every step of K is a shard finished."""
-        match = _SHARDS_DONE.match(text)
-        if match:
-            for _ in range(int(match.group(1)) - self.finished):
-                self.shard_finished(images)
+    def shards_done(self, done: int, images: int) -> None:
+        """``done`` shards finished so far (each one past :attr:`finished` counted now), ``images``
+        written by the run."""
+        for _ in range(done - self.finished):
+            self.shard_finished(images)
 
 
 def format_seconds(seconds: float) -> str:
@@ -142,10 +139,11 @@ class Bar:
         self._retotal(self.tqdm.n + n)  # before tqdm draws the new count
         self.tqdm.update(n)
 
-    def set_postfix_str(self, text: str, refresh: bool = True) -> None:
-        self.running.on_postfix(text, self.tqdm.n)
+    def shards_done(self, done: int, shards: int) -> None:
+        """``done`` of the run's ``shards`` finished: the postfix, and the total refined."""
+        self.running.shards_done(done, self.tqdm.n)
         self._retotal(self.tqdm.n)
-        self.tqdm.set_postfix_str(text, refresh=refresh)
+        self.tqdm.set_postfix_str(f"shards {done}/{shards}")
 
     def _retotal(self, images: int) -> None:
         """Give tqdm the running total for ``images`` done (drawn at its next refresh)."""
@@ -183,9 +181,10 @@ class Heartbeat:
     def update(self, n: int = 1) -> None:
         self.images += n
 
-    def set_postfix_str(self, text: str, refresh: bool = True) -> None:
-        self.running.on_postfix(text, self.images)
-        self.postfix = text
+    def shards_done(self, done: int, shards: int) -> None:
+        """``done`` of the run's ``shards`` finished: the status line's, and the total refined."""
+        self.running.shards_done(done, self.images)
+        self.postfix = f"shards {done}/{shards}"
 
     def write(self, line: str, file: Any = None) -> None:
         print(line, file=file or sys.stderr)

@@ -238,7 +238,7 @@ def _schedule(ray: Any, plan: RunPlan, actors: list[Any], replace, options: Embe
                     report_failure(bar, shard.name, outcome.error)
                     stop = stop or options.on_error == "fail"
                 bar.update(outcome.rows)
-                bar.set_postfix_str(f"shards {len(outcomes)}/{len(plan.todo)}")
+                bar.shards_done(len(outcomes), len(plan.todo))
     finally:
         bar.close()
     for record in per_actor:

@@ -62,7 +62,7 @@ def test_the_bar_shows_a_total_a_percentage_and_the_time_left(tmp_path, kind):
     step = max(1, rows // 5)
     for done in range(0, rows, step):
         bar.update(min(step, rows - done))
-    bar.set_postfix_str("shards 1/1")
+    bar.shards_done(1, 1)
     bar.close()
     lines = [line for line in re.split(r"[\r\n]", screen.getvalue()) if line.strip()]
     mid = [ETA.search(line) for line in lines[1:] if "shards 0/1" in line]  # drawn while the shard ran
@@ -97,7 +97,7 @@ def test_the_heartbeat_line_has_the_total_and_the_time_left():
         assert re.match(r"status: 250 of ~1000 images \(25%\), shards 0/2, 25\.0 images/s over 10s, 30s left$",
                         beat.status()), beat.status()
         beat.update(150)
-        beat.set_postfix_str("shards 1/2")
+        beat.shards_done(1, 2)
         assert "400 of ~1000 images (40%), shards 1/2" in beat.status()
     finally:
         beat.close()
