@@ -50,6 +50,7 @@ from PIL import Image
 
 from curator_cli.decode.jobs import DecodeFailure, DecodeJob, Decoder, picture_one
 from curator_cli.decode.transport import (
+    ARENAS,
     ArenaRing,
     ArenaWriter,
     PixelBatch,
@@ -265,10 +266,11 @@ class DecodePool(Decoder):
     """``workers`` decode processes fed from a queue of jobs; a background thread routes results."""
 
     def __init__(self, workers: int, options: DecodeOptions, timeout_s: float = 60.0,
-                 start_method: str = "spawn", nice: int = 0) -> None:
+                 start_method: str = "spawn", nice: int = 0, arenas: int = ARENAS) -> None:
         """``start_method``: "fork" starts workers in milliseconds (start the pool before threads or
         models exist, as the runner does); "spawn" is the safe choice inside processes with threads (Ray).
-        ``nice``: added to the workers' niceness (lower priority), for runs whose stages use the CPU."""
+        ``nice``: added to the workers' niceness (lower priority), for runs whose stages use the CPU.
+        ``arenas``: batches with pixels at once (those read ahead, one in the stages, one being given back)."""
         self.options = options
         self.timeout_s = timeout_s
         self.nice = nice
@@ -277,7 +279,7 @@ class DecodePool(Decoder):
         self._arenas: ArenaRing | None = None
         if self._shm_prefix:
             remove_orphaned_shared_memory()
-            self._arenas = ArenaRing(self._shm_prefix)
+            self._arenas = ArenaRing(self._shm_prefix, arenas)
         self._wake_r, self._wake_w = socket.socketpair()
         self._workers: list[_Worker] = []
         self._worker_set = 0  # changes whenever a worker is replaced (the dispatcher watches that set)

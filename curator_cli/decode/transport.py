@@ -30,6 +30,7 @@ import numpy as np
 SHM_DIR = "/dev/shm"
 SHM_MIN_FREE = 2 << 30  # below this much free shared memory, pixels go through the pipe instead
 ARENAS = 4  # batches with pixels at once: two read ahead, one in the stages, one being released
+# (more with many decode workers: processor.read_ahead)
 
 
 def shared_memory_usable() -> bool:
@@ -181,7 +182,7 @@ class PixelBatch:
 
 
 class ArenaRing:
-    """The arenas of the batches in flight (:data:`ARENAS`), in shared memory under ``prefix``."""
+    """The arenas of the batches in flight (``count``), in shared memory under ``prefix``."""
 
     def __init__(self, prefix: str, count: int = ARENAS) -> None:
         self._free = [Arena(prefix, number) for number in range(count)]

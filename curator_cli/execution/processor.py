@@ -15,6 +15,7 @@ status 1; rerun to resume). ``--stage-timeout 0`` runs the stages in the calling
 from __future__ import annotations
 
 import logging
+import math
 import queue
 import threading
 import time
@@ -25,6 +26,7 @@ from typing import Any
 
 from curator_cli.decode.jobs import Decoder, InlineDecoder
 from curator_cli.decode.pool import JOBS_PER_WORKER, DecodePool
+from curator_cli.decode.transport import ARENAS
 from curator_cli.execution.reader_process import ReaderProcess
 from curator_cli.execution.feeder import BatchReady, Feeder, FeederCrashed, ShardFinished, ShardOpened
 from curator_cli.execution.plan import ShardOutcome
@@ -156,9 +158,28 @@ def declared_scores(stages: list[ProcessingStage]) -> frozenset[str]:
 
 
 MAX_CHUNK = 32  # images per decode job at most
+MIN_CHUNK = 16  # images per decode job that the read-ahead grows to keep with many workers
+READ_AHEAD_BATCHES = 2  # batches read and decoded ahead of the stages, at least
+READ_AHEAD_BYTES = 1 << 30  # decoded pixels read ahead, at most, when more workers want more batches
+FULL_SIZE_GUESS = 1 << 20  # bytes of a full-size picture, for that bound, when no decode size is known
 
 
-def decode_chunk(batch_size: int, workers: int, read_ahead: int = 2) -> int:
+def read_ahead(batch_size: int, workers: int, decode: DecodeOptions) -> int:
+    """Batches read and decoded ahead of the stages: two, or more with many workers, so that each
+    still holds its ``JOBS_PER_WORKER`` jobs of at least :data:`MIN_CHUNK` images (with 64 workers
+    and batches of 256, two batches ahead gave jobs of 4 images, each job costing the main process
+    as much as one of 32); at most :data:`READ_AHEAD_BYTES` of pixels, never fewer than two."""
+    batch_size = max(1, batch_size)
+    wanted = math.ceil(JOBS_PER_WORKER * max(1, workers) * min(MIN_CHUNK, batch_size) / batch_size)
+    if decode.min_side:
+        per_image = decode.min_side ** 2 * 3 * (1 if decode.crop else 2)  # not square: the longer side guessed
+    else:
+        per_image = FULL_SIZE_GUESS
+    affordable = READ_AHEAD_BYTES // (batch_size * per_image)
+    return max(READ_AHEAD_BATCHES, min(wanted, affordable))
+
+
+def decode_chunk(batch_size: int, workers: int, read_ahead: int = READ_AHEAD_BATCHES) -> int:
     """Images per decode job: as many as keep every worker holding its ``JOBS_PER_WORKER`` jobs
     from the ``read_ahead`` batches decoding at once, up to :data:`MAX_CHUNK`. Every job costs the
     main process the same (a message each way, a wake-up, its bookkeeping: ~350 us of CPU on a
@@ -175,7 +196,9 @@ def make_decoder(options: EmbedOptions, decode: DecodeOptions) -> Decoder:
     if options.num_workers <= 0:
         return InlineDecoder(decode)
     start, nice = helper_process_start(options)
-    return DecodePool(options.num_workers, decode, options.decode_timeout, start, nice)
+    ahead = read_ahead(options.batch_size, options.num_workers, decode)
+    return DecodePool(options.num_workers, decode, options.decode_timeout, start, nice,
+                      arenas=ahead + ARENAS - READ_AHEAD_BATCHES)
 
 
 def helper_process_start(options: EmbedOptions) -> tuple[str, int]:
@@ -379,8 +402,13 @@ class ShardProcessor:
         decode while the model loads."""
         options, stats = self.options, self.stats
         workers = max(1, options.num_workers)
-        # CPU workers share a batch in small jobs; nvJPEG decodes a whole batch in one call
-        chunk = options.batch_size if options.decode == "gpu" else decode_chunk(options.batch_size, workers)
+        # CPU workers share a batch in jobs; nvJPEG decodes a whole batch in one call
+        ahead = READ_AHEAD_BATCHES
+        if options.decode == "gpu":
+            chunk = options.batch_size
+        else:
+            ahead = read_ahead(options.batch_size, workers, self.decode)
+            chunk = decode_chunk(options.batch_size, workers, ahead)
         self.start()
         decoder = self._decoder
         assert decoder is not None
@@ -391,7 +419,7 @@ class ShardProcessor:
             return {shard.name: ShardOutcome(error=reason) for shard in shards}
         set_activity(bar, self.activity)
         replaced_before = decoder.replaced_workers
-        feeder = Feeder(shards, options.read, decoder, options.batch_size, chunk, prefetch=2, reader=self._reader)
+        feeder = Feeder(shards, options.read, decoder, options.batch_size, chunk, prefetch=ahead, reader=self._reader)
         run = _Run(self, shards, targets, bar)
         clean_exit = False
         cpu0 = stage_cpu0 = None

@@ -238,3 +238,25 @@ def test_decode_jobs_are_as_large_as_keeps_every_worker_busy():
             largest = max([c for c in range(1, min(MAX_CHUNK, batch) + 1) if busy(batch, workers, c)] or [1])
             assert chunk >= largest / 2, (batch, workers, chunk, largest)  # never needlessly small
     assert decode_chunk(256, 16) == 16 and decode_chunk(256, 2) == MAX_CHUNK
+
+
+def test_read_ahead_grows_with_the_workers_within_a_memory_bound():
+    # two batches ahead, until the workers are so many that their jobs would shrink below MIN_CHUNK
+    # images (each job costs the main process the same): then more batches, at most READ_AHEAD_BYTES
+    from math import ceil
+
+    from curator_cli.decode.pool import JOBS_PER_WORKER
+    from curator_cli.execution.processor import (MIN_CHUNK, READ_AHEAD_BATCHES, READ_AHEAD_BYTES, decode_chunk,
+                                                 read_ahead)
+
+    squares = DecodeOptions(min_side=224, crop=True)
+    assert [read_ahead(256, w, squares) for w in (1, 2, 16)] == [READ_AHEAD_BATCHES] * 3
+    for workers in (32, 64, 128):
+        ahead = read_ahead(256, workers, squares)
+        chunk = decode_chunk(256, workers, ahead)
+        assert chunk >= MIN_CHUNK and ahead * ceil(256 / chunk) >= JOBS_PER_WORKER * workers
+        assert ahead * 256 * 224 * 224 * 3 <= READ_AHEAD_BYTES
+    assert read_ahead(4, 8, squares) == JOBS_PER_WORKER * 8  # batches smaller than a job: one job each
+    full_size = DecodeOptions()  # pictures of unknown size: the bound guesses a megabyte each
+    assert read_ahead(256, 128, full_size) * 256 * (1 << 20) <= READ_AHEAD_BYTES
+    assert read_ahead(1024, 128, DecodeOptions(min_side=512)) == READ_AHEAD_BATCHES  # never fewer than two
