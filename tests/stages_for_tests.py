@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import atexit
 import os
+import threading
 import time
 from dataclasses import dataclass
 
@@ -44,10 +45,17 @@ class Sized(Shapes):
 @dataclass
 class AtExit(Shapes):
     """Shapes, and a handler registered with ``atexit`` in setup (as libraries that flush or upload at
-    exit do) that writes ``marker`` and prints a line (buffered: stdout is a pipe)."""
+    exit do) that writes ``marker`` and prints a line (buffered: stdout is a pipe); also a thread of
+    its own (not a daemon) that writes ``marker.thread`` a moment after the last batch."""
     marker: str = ""
     def setup(self, worker_metadata=None):
         atexit.register(self._at_exit)
+    def teardown(self):
+        threading.Thread(target=self._late_write, daemon=False).start()  # (teardown runs in a daemon thread)
+    def _late_write(self):
+        time.sleep(0.5)
+        with open(self.marker + ".thread", "w") as handle:
+            handle.write("written")
     def _at_exit(self):
         with open(self.marker, "w") as handle:
             handle.write("ran at exit")

@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import ctypes
 import os
 import signal
 import sys
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import NoReturn, Protocol
@@ -51,17 +53,19 @@ def stops_on_signals(command: str, kept: str) -> Iterator[None]:
         previous = signal.signal(signal.SIGTERM, _raise_terminated)
     except ValueError:  # not the main thread (e.g. embedded use): leave signals alone
         previous = None
+    stopped = None
     try:
         yield
     except KeyboardInterrupt:
-        click.echo(f"{command}: interrupted; finished {kept} are kept, rerun the same command to resume", err=True)
-        sys.exit(EXIT_SIGINT)
+        stopped = ("interrupted", EXIT_SIGINT)
     except Terminated:
-        click.echo(f"{command}: terminated; finished {kept} are kept, rerun the same command to resume", err=True)
-        sys.exit(EXIT_SIGTERM)
+        stopped = ("terminated", EXIT_SIGTERM)
     finally:
-        if previous is not None:
+        if previous is not None:  # back before the message: a second SIGTERM then just ends the process
             signal.signal(signal.SIGTERM, previous)
+    if stopped is not None:
+        click.echo(f"{command}: {stopped[0]}; finished {kept} are kept, rerun the same command to resume", err=True)
+        sys.exit(stopped[1])
 
 
 def _raise_terminated(signum: int, frame: object) -> None:
@@ -84,8 +88,10 @@ def exit_now(code: object) -> NoReturn:
     """End the process with ``code`` (a ``SystemExit`` code) once the atexit handlers have run and
     stdout/stderr are flushed, without tearing the interpreter down: with torch and torchvision
     loaded, that teardown (freeing every module's objects, then the native libraries' destructors)
-    took ~1.1 s of every run, after the last output was already committed. The handlers
-    (logging's, multiprocessing's, Ray's) still run; only the freeing is skipped."""
+    took ~1.1 s of every run, after the last output was already committed. What the interpreter
+    does before that still happens: non-daemon threads are waited for, the atexit handlers
+    (logging's, multiprocessing's, Ray's, a stage's own) run, Python's and C's output buffers are
+    flushed; only the freeing is skipped."""
     if code is None:
         status = 0
     elif isinstance(code, int):
@@ -93,10 +99,16 @@ def exit_now(code: object) -> NoReturn:
     else:  # sys.exit("message"): printed, status 1, as Python does
         print(code, file=sys.stderr)
         status = 1
-    atexit._run_exitfuncs()  # what the interpreter would run at exit; not in atexit's public API
+    threading._shutdown()  # as the interpreter does first: wait for non-daemon threads (a stage's own)
+    atexit._run_exitfuncs()  # then the atexit handlers (neither call is in the modules' public API)
     for stream in (sys.stdout, sys.stderr):
         try:
-            stream.flush()
+            if stream is not None:  # None when the command ran with that stream closed (`>&-`)
+                stream.flush()
         except (OSError, ValueError):  # a closed pipe (`curator show | head`) or stream
             pass
+    try:  # what native libraries printed through C's stdio (os._exit does not flush it)
+        ctypes.CDLL(None).fflush(None)
+    except (OSError, AttributeError):
+        pass
     os._exit(status)

@@ -130,8 +130,9 @@ def test_console_script_quiet_prints_nothing(tmp_path):
 
 def test_console_script_exit_keeps_exit_handlers_output_and_status(tmp_path):
     """`curator` ends without tearing the interpreter down (with torch loaded that took ~1 s of every
-    run), yet what users rely on at exit still happens: handlers registered with atexit run (a stage's
-    own, logging's: the --log-file is whole), stdout and stderr are flushed, the status is the documented one."""
+    run), yet what users rely on at exit still happens: a stage's own threads are waited for, handlers
+    registered with atexit run (a stage's own, logging's: the --log-file is whole), stdout and stderr are
+    flushed, the status is the documented one, also with stdout closed."""
     shard = img2dataset_tar(tmp_path / "s.tar", 3)
     (tmp_path / "bad.tar").write_bytes(b"not a tar file" * 100)
     curator = [sys.executable, "-m", "curator_cli.cli"]
@@ -141,6 +142,7 @@ def test_console_script_exit_keeps_exit_handlers_output_and_status(tmp_path):
                            "--log-file", str(tmp_path / "run.log")], capture_output=True, text=True, env=buffered)
     assert done.returncode == 1  # one shard failed
     assert (tmp_path / "marker").read_text() == "ran at exit" and done.stdout == "AtExit stage: bye\n"
+    assert (tmp_path / "marker.thread").read_text() == "written"  # the stage's own thread was waited for
     assert "1 of 2 shard(s) written, 1 failed" in done.stderr and done.stderr.endswith("\n")  # the summary, whole
     log = (tmp_path / "run.log").read_text()
     assert "bad.tar" in log and log.endswith("\n")
@@ -150,6 +152,10 @@ def test_console_script_exit_keeps_exit_handlers_output_and_status(tmp_path):
     usage = subprocess.run([*curator, "embed", str(shard), "-o", str(tmp_path / "out2"), "--batch-size", "0"],
                            capture_output=True, text=True)
     assert usage.returncode == 2 and "batch-size" in usage.stderr
+    closed = subprocess.run([*curator, "embed", str(tmp_path / "nowhere"), "-o", str(tmp_path / "out3")],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: os.close(1))  # run as `curator ... >&-`: sys.stdout is None
+    assert closed.returncode == 2 and "Traceback" not in closed.stderr
 
 
 def test_output_reads_in_polars_and_duckdb_as_dedup_tools_expect(cli, tmp_path):
