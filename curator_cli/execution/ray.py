@@ -11,10 +11,13 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import signal
+import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from curator_cli.execution.plan import RunPlan, ShardOutcome, finish_run
 from curator_cli.execution.processor import ShardProcessor, StageSetupError
@@ -130,13 +133,34 @@ def _connect(ray: Any, address: str | None, cpus: int | None) -> bool:
         return False
     kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False,
                               "configure_logging": False}
-    if address:
-        ray.init(address=address, **kwargs)
-    elif os.environ.get("RAY_ADDRESS"):
-        ray.init(address="auto", **kwargs)
-    else:
-        ray.init(num_cpus=cpus, **kwargs)
+    on_term = signal.getsignal(signal.SIGTERM)
+    try:
+        if address:
+            ray.init(address=address, **kwargs)
+        elif os.environ.get("RAY_ADDRESS"):
+            ray.init(address="auto", **kwargs)
+        else:
+            ray.init(num_cpus=cpus, **kwargs)
+    finally:  # ray.init sets a SIGTERM handler of its own (exit status 15, no cleanup line): ours again
+        if on_term is not None and threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, on_term)
     return True
+
+
+T = TypeVar("T")
+
+
+def _waiting(call: Callable[[], T]) -> T:
+    """``call()``, a Ray call the driver blocks in. Ray turns an exception that a signal handler
+    raises while it waits into a SystemError (it passes on only KeyboardInterrupt and SystemExit):
+    the handler's own exception, SIGTERM's ``Terminated``, is raised again, so the run ends with its
+    line and exit status 143 and not a traceback."""
+    try:
+        return call()
+    except SystemError as exc:
+        if exc.__cause__ is not None and not isinstance(exc.__cause__, Exception):
+            raise exc.__cause__ from None
+        raise
 
 
 def run_ray(plan: RunPlan) -> RunSummary:
@@ -159,8 +183,8 @@ def run_ray(plan: RunPlan) -> RunSummary:
         def start_actor(index: int, node_ready: set[str]) -> Any:
             actor = remote.remote(plan.stage_specs, plan.stage_args, options, plan.decode, plan.config, index,
                                   cpus)
-            node = ray.get(actor.node_id.remote())
-            error = ray.get(actor.setup.remote(node not in node_ready))
+            node = _waiting(lambda: ray.get(actor.node_id.remote()))
+            error = _waiting(lambda: ray.get(actor.setup.remote(node not in node_ready)))
             if error:
                 raise StageSetupError(error)
             node_ready.add(node)
@@ -206,11 +230,11 @@ def _schedule(ray: Any, plan: RunPlan, actors: list[Any], replace, options: Embe
                 slot, shard = idle.pop(), queue.popleft()
                 ref = actors[slot].process.remote(str(shard.path), shard.format, str(plan.targets[shard]))
                 in_flight[ref] = (slot, shard)
-            ready, _ = ray.wait(list(in_flight), num_returns=1)
+            ready, _ = _waiting(lambda: ray.wait(list(in_flight), num_returns=1))
             for ref in ready:
                 slot, shard = in_flight.pop(ref)
                 try:
-                    outcome, stats, seconds = ray.get(ref)
+                    outcome, stats, seconds = _waiting(lambda: ray.get(ref))
                 except RayActorError as exc:  # the actor (or its node) died mid-shard
                     attempts[shard.name] = attempts.get(shard.name, 0) + 1
                     if attempts[shard.name] < MAX_ATTEMPTS:
