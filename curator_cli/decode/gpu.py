@@ -30,6 +30,7 @@ from curator_cli.stages.preprocess import stacked_by_shape
 
 JPEG_MAGIC = b"\xff\xd8\xff"
 RESIZE_GROUP = 32  # decoded images of one shape resized per call (bounds the extra GPU memory)
+BITSTREAMS_KEEP = 256 << 20  # bytes of encoded images the decode thread's buffer keeps at most between jobs
 
 
 class GpuDecodeUnavailable(RuntimeError):
@@ -108,7 +109,8 @@ class Bitstreams:
     cache (or from the reader's bytes), none to make it writable for ``torch.frombuffer``, and no
     fresh memory to fault in per batch. A job's parts are valid until the next :meth:`load`; the
     decode thread finishes each job (its pixels synchronised) before it loads the next. The buffer
-    keeps the size of the largest job so far."""
+    grows to the largest job so far, and is given back when a job needs less than a quarter of it
+    and it holds more than :data:`BITSTREAMS_KEEP` (a batch of large photos does not pin its size)."""
 
     def __init__(self, files: OpenFiles) -> None:
         self.files = files
@@ -120,6 +122,8 @@ class Bitstreams:
         need = sum(p.size if isinstance(p, ByteRange) else len(p) for p in payloads if p is not None)
         if need > len(self._buffer):
             self._buffer = bytearray(max(need, 2 * len(self._buffer)))  # a new one: views of the old may live on
+        elif len(self._buffer) > max(BITSTREAMS_KEEP, 4 * need):
+            self._buffer = bytearray(need)
         view = memoryview(self._buffer)
         parts: list[memoryview | ByteRange | None] = []
         at = 0

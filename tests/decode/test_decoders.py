@@ -85,7 +85,7 @@ def test_gpu_decoder_logic_with_the_cpu_standing_in_for_nvjpeg():
 
 
 @pytest.mark.filterwarnings("ignore:The image decoding and encoding capabilities of TorchVision:DeprecationWarning")
-def test_gpu_decoder_reads_byte_ranges_into_one_reused_buffer(tmp_path):
+def test_gpu_decoder_reads_byte_ranges_into_one_reused_buffer(tmp_path, monkeypatch):
     """The tar reader hands ``--decode gpu`` byte ranges in the shard: its thread reads them into one
     buffer it reuses from job to job, and nvJPEG gets tensors over that buffer. Every job sees its own
     images' bytes (mixed with bytes from a parquet reader), a range that cannot be read or that the file
@@ -120,6 +120,12 @@ def test_gpu_decoder_reads_byte_ranges_into_one_reused_buffer(tmp_path):
     assert results[0].startswith("unreadable: No such file")
     assert torch.equal(results[1], from_bytes[1])
     assert isinstance(results[2], str) and results[2]
+
+    # a job needing a quarter of the buffer or less gives the rest back (past BITSTREAMS_KEEP, here 0)
+    monkeypatch.setattr("curator_cli.decode.gpu.BITSTREAMS_KEEP", 0)
+    grown = len(decoder._bitstreams._buffer)
+    assert torch.equal(decoder.submit([photos[0]]).wait()[0], from_bytes[0])
+    assert len(decoder._bitstreams._buffer) == len(photos[0]) < grown / 4
     decoder.close()
 
     plain = GpuDecoder(DecodeOptions(min_side=64, max_pixels=10**6), "cpu", stream=contextlib.nullcontext)
