@@ -188,7 +188,9 @@ def decode_chunk(batch_size: int, workers: int, read_ahead: int = READ_AHEAD_BAT
     return max(1, min(MAX_CHUNK, read_ahead * batch_size // (JOBS_PER_WORKER * max(1, workers))))
 
 
-def make_decoder(options: EmbedOptions, decode: DecodeOptions) -> Decoder:
+def make_decoder(options: EmbedOptions, decode: DecodeOptions, ahead: int = READ_AHEAD_BATCHES) -> Decoder:
+    """The run's decoder; ``ahead``: the batches the feeder reads ahead (the worker pool keeps an
+    arena for each, one for the batch in the stages and one being given back)."""
     if options.decode == "gpu":
         from curator_cli.decode.gpu import GpuDecoder
 
@@ -196,7 +198,6 @@ def make_decoder(options: EmbedOptions, decode: DecodeOptions) -> Decoder:
     if options.num_workers <= 0:
         return InlineDecoder(decode)
     start, nice = helper_process_start(options)
-    ahead = read_ahead(options.batch_size, options.num_workers, decode)
     return DecodePool(options.num_workers, decode, options.decode_timeout, start, nice,
                       arenas=ahead + ARENAS - READ_AHEAD_BATCHES)
 
@@ -316,6 +317,10 @@ class ShardProcessor:
         self.context = StageContext(device=options.device, precision=options.precision, squares=decode.crop,
                                     staging=staging)
         self.stats = WorkerStats()
+        # batches read and decoded ahead of the stages: more with many decode workers; nvJPEG decodes
+        # a whole batch per call
+        self.read_ahead = READ_AHEAD_BATCHES if options.decode == "gpu" else read_ahead(
+            options.batch_size, max(1, options.num_workers), decode)
         self._decoder: Decoder | None = None
         self._reader: ReaderProcess | None = None
         self._warm_up: threading.Thread | None = None
@@ -329,7 +334,7 @@ class ShardProcessor:
         if self._decoder is None:
             if self.options.num_workers > 0 or self.options.decode == "gpu":  # --num-workers 0: one process
                 self._reader = ReaderProcess(*helper_process_start(self.options))  # before any thread: may fork
-            self._decoder = make_decoder(self.options, self.decode)  # before any thread: may fork
+            self._decoder = make_decoder(self.options, self.decode, self.read_ahead)  # before any thread: may fork
             self._warm_up = threading.Thread(target=warm_up, name="curator-warm-up", daemon=True)
             self._warm_up.start()
 
@@ -403,12 +408,8 @@ class ShardProcessor:
         options, stats = self.options, self.stats
         workers = max(1, options.num_workers)
         # CPU workers share a batch in jobs; nvJPEG decodes a whole batch in one call
-        ahead = READ_AHEAD_BATCHES
-        if options.decode == "gpu":
-            chunk = options.batch_size
-        else:
-            ahead = read_ahead(options.batch_size, workers, self.decode)
-            chunk = decode_chunk(options.batch_size, workers, ahead)
+        chunk = (options.batch_size if options.decode == "gpu"
+                 else decode_chunk(options.batch_size, workers, self.read_ahead))
         self.start()
         decoder = self._decoder
         assert decoder is not None
@@ -419,7 +420,8 @@ class ShardProcessor:
             return {shard.name: ShardOutcome(error=reason) for shard in shards}
         set_activity(bar, self.activity)
         replaced_before = decoder.replaced_workers
-        feeder = Feeder(shards, options.read, decoder, options.batch_size, chunk, prefetch=ahead, reader=self._reader)
+        feeder = Feeder(shards, options.read, decoder, options.batch_size, chunk, prefetch=self.read_ahead,
+                        reader=self._reader)
         run = _Run(self, shards, targets, bar)
         clean_exit = False
         cpu0 = stage_cpu0 = None
